@@ -1,0 +1,28 @@
+//! mynet-core: the pure state machine of a mynet node.
+//!
+//! Everything that happens to a node is an [`Input`] passed to [`Node::handle`]; everything it
+//! wants done comes out of [`Node::poll_output`]; [`Node::poll_timeout`] says when it next
+//! needs a [`Input::Tick`]. There is no I/O, no clock, no OS randomness and no thread here,
+//! which is what lets the same code run in production, in the simulator and in replay.
+
+pub mod config;
+pub mod hex;
+pub mod id;
+pub mod identity;
+pub mod handshake;
+pub mod node;
+pub mod peers;
+pub mod time;
+pub mod wire;
+
+pub use config::{Config, ConfigError, Layer, Source};
+pub use id::{ConnId, NodeId, PublicKey};
+pub use identity::{Identity, IdentityError};
+pub use node::{
+    CloseReason, Direction, Event, Input, Node, Output, Phase, PeerStatus, NodeStatus, TimerKind,
+};
+pub use time::{Mono, Time};
+pub use wire::{Message, WireError};
+
+/// The protocol version this build speaks (SPEC R6.2 `network_version`).
+pub const PROTOCOL_VERSION: &str = "1.0.0";

@@ -1,0 +1,260 @@
+//! Every way a connection can end during or around the handshake, driven through the node's
+//! one door with a hand-made peer (SPEC R6.1, R6.2).
+
+use core::net::SocketAddr;
+
+use mynet_core::handshake::{Binding, HandshakeError, Role, build_hello};
+use mynet_core::wire::{self, FRAME_LEN_MAX, Message};
+use mynet_core::{CloseReason, Config, ConnId, Event, Identity, Input, Node, Output, Phase, Time, WireError};
+
+const WALL: u64 = 1_800_000_000_000;
+
+fn at(ms: u64) -> Time {
+    Time::new(ms * 1000, WALL + ms)
+}
+
+fn drain(node: &mut Node) -> Vec<Output> {
+    std::iter::from_fn(|| node.poll_output()).collect()
+}
+
+fn first_node(config: Config) -> Node {
+    let mut node = Node::new(config, Identity::from_secret_bytes(&[1; 32]), 7, at(0));
+    let outputs = drain(&mut node);
+    assert!(outputs.contains(&Output::Event(Event::Initialized { peers: 0 })), "{outputs:?}");
+    node
+}
+
+fn peer_addr(i: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, i], 40000))
+}
+
+/// Accepts an inbound connection from `addr` and secures it; returns the outputs.
+fn open(node: &mut Node, conn: ConnId, addr: SocketAddr, binding: Binding) -> Vec<Output> {
+    node.handle(at(1), Input::Incoming { conn, addr });
+    let mut out = drain(node);
+    node.handle(at(1), Input::Secured { conn, binding });
+    out.extend(drain(node));
+    out
+}
+
+fn closed_reason(outputs: &[Output], conn: ConnId) -> Option<CloseReason> {
+    assert!(outputs.contains(&Output::Close { conn }) || !outputs.iter().any(|o| matches!(o, Output::Event(Event::ConnectionClosed { conn: c, .. }) if *c == conn)));
+    outputs.iter().find_map(|o| match o {
+        Output::Event(Event::ConnectionClosed { conn: c, reason, by_us: true, .. }) if *c == conn => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+fn hello_from(peer: &Identity, binding: Binding, network: &str, version: &str, ts: u64) -> Vec<u8> {
+    wire::encode_frame(&Message::Hello(build_hello(peer, Role::Initiator, binding, network, version, ts, None)))
+}
+
+/// Runs one inbound connection that sends `bytes` after securing, and returns why it closed.
+fn inbound_sends(bytes: Vec<u8>) -> Option<CloseReason> {
+    let mut node = first_node(Config::default());
+    let conn = ConnId::inbound(1);
+    open(&mut node, conn, peer_addr(2), Binding([5; 32]));
+    node.handle(at(2), Input::Received { conn, bytes });
+    let outputs = drain(&mut node);
+    assert!(node.peer_ids().is_empty());
+    closed_reason(&outputs, conn)
+}
+
+#[test]
+fn valid_handshake_establishes_and_answers() {
+    let mut node = first_node(Config::default());
+    let peer = Identity::from_secret_bytes(&[2; 32]);
+    let conn = ConnId::inbound(1);
+    let binding = Binding([5; 32]);
+    open(&mut node, conn, peer_addr(2), binding);
+    node.handle(at(2), Input::Received { conn, bytes: hello_from(&peer, binding, "mynet-dev", "1.0.0", WALL) });
+    let outputs = drain(&mut node);
+    assert_eq!(node.peer_ids(), vec![peer.node_id()]);
+    let ack = outputs.iter().find_map(|o| match o {
+        Output::Send { conn: c, bytes } if *c == conn => Some(bytes.clone()),
+        _ => None,
+    });
+    let ack = wire::decode_body(&ack.expect("an answer")[4..]).expect("decodes");
+    let Message::HelloAck(ack) = ack else { panic!("expected handshake_response, got {ack:?}") };
+    let expect = mynet_core::handshake::Expect { our_id: peer.node_id(), network_id: "mynet-dev", version: "1.0.0", now_wall_ms: WALL, max_skew_ms: 1000 };
+    assert_eq!(mynet_core::handshake::verify_hello(&ack, Role::Responder, binding, &expect), Ok(()));
+}
+
+#[test]
+fn garbage_bytes_close_the_connection() {
+    let reason = inbound_sends(vec![0, 0, 0, 3, 0xde, 0xad, 0xbe]);
+    assert!(matches!(reason, Some(CloseReason::Wire(WireError::UnknownVersion(0xde)))), "{reason:?}");
+}
+
+#[test]
+fn oversized_length_prefix_closes() {
+    let reason = inbound_sends(((FRAME_LEN_MAX as u32) + 1).to_be_bytes().to_vec());
+    assert!(matches!(reason, Some(CloseReason::Wire(WireError::FrameTooLarge { .. }))), "{reason:?}");
+}
+
+#[test]
+fn undecodable_frame_closes() {
+    let reason = inbound_sends(vec![0, 0, 0, 3, wire::WIRE_VERSION, 0xff, 0xff]);
+    assert!(matches!(reason, Some(CloseReason::Wire(WireError::Undecodable(_)))), "{reason:?}");
+}
+
+#[test]
+fn message_before_handshake_closes() {
+    let reason = inbound_sends(wire::encode_frame(&Message::GetNetworkInfo));
+    assert!(matches!(reason, Some(CloseReason::BeforeHandshake(_))), "{reason:?}");
+}
+
+#[test]
+fn bad_signature_closes() {
+    let peer = Identity::from_secret_bytes(&[2; 32]);
+    let mut hello = build_hello(&peer, Role::Initiator, Binding([5; 32]), "mynet-dev", "1.0.0", WALL, None);
+    hello.signature[10] ^= 0x40;
+    let reason = inbound_sends(wire::encode_frame(&Message::Hello(hello)));
+    assert_eq!(reason, Some(CloseReason::Handshake(HandshakeError::BadSignature)));
+}
+
+#[test]
+fn replayed_handshake_from_another_channel_closes() {
+    let peer = Identity::from_secret_bytes(&[2; 32]);
+    // Signed for binding [4; 32], replayed on a channel whose binding is [5; 32].
+    let reason = inbound_sends(hello_from(&peer, Binding([4; 32]), "mynet-dev", "1.0.0", WALL));
+    assert_eq!(reason, Some(CloseReason::Handshake(HandshakeError::BadSignature)));
+}
+
+#[test]
+fn node_id_not_matching_key_closes() {
+    let peer = Identity::from_secret_bytes(&[2; 32]);
+    let mut hello = build_hello(&peer, Role::Initiator, Binding([5; 32]), "mynet-dev", "1.0.0", WALL, None);
+    hello.node_id = Identity::from_secret_bytes(&[3; 32]).node_id();
+    let reason = inbound_sends(wire::encode_frame(&Message::Hello(hello)));
+    assert!(matches!(reason, Some(CloseReason::Handshake(HandshakeError::NodeIdMismatch { .. }))), "{reason:?}");
+}
+
+#[test]
+fn wrong_network_and_incompatible_version_close() {
+    let peer = Identity::from_secret_bytes(&[2; 32]);
+    let reason = inbound_sends(hello_from(&peer, Binding([5; 32]), "other-net", "1.0.0", WALL));
+    assert!(matches!(reason, Some(CloseReason::Handshake(HandshakeError::WrongNetwork { .. }))), "{reason:?}");
+    let reason = inbound_sends(hello_from(&peer, Binding([5; 32]), "mynet-dev", "2.0.0", WALL));
+    assert!(matches!(reason, Some(CloseReason::Handshake(HandshakeError::IncompatibleVersion { .. }))), "{reason:?}");
+}
+
+#[test]
+fn stale_and_future_timestamps_close() {
+    let peer = Identity::from_secret_bytes(&[2; 32]);
+    for ts in [WALL - 120_000, WALL + 120_000] {
+        let reason = inbound_sends(hello_from(&peer, Binding([5; 32]), "mynet-dev", "1.0.0", ts));
+        assert!(matches!(reason, Some(CloseReason::Handshake(HandshakeError::ClockSkew { .. }))), "{reason:?}");
+    }
+}
+
+#[test]
+fn connection_to_ourselves_closes() {
+    let ourselves = Identity::from_secret_bytes(&[1; 32]);
+    let reason = inbound_sends(hello_from(&ourselves, Binding([5; 32]), "mynet-dev", "1.0.0", WALL));
+    assert_eq!(reason, Some(CloseReason::Handshake(HandshakeError::SelfConnection)));
+}
+
+#[test]
+fn second_connection_to_a_peer_we_have_closes() {
+    let mut node = first_node(Config::default());
+    let peer = Identity::from_secret_bytes(&[2; 32]);
+    for (i, binding) in [(1, Binding([5; 32])), (2, Binding([6; 32]))] {
+        let conn = ConnId::inbound(i);
+        open(&mut node, conn, peer_addr(2), binding);
+        node.handle(at(2), Input::Received { conn, bytes: hello_from(&peer, binding, "mynet-dev", "1.0.0", WALL) });
+        let outputs = drain(&mut node);
+        if i == 2 {
+            assert_eq!(closed_reason(&outputs, conn), Some(CloseReason::Duplicate));
+        }
+    }
+    assert_eq!(node.peer_ids(), vec![peer.node_id()]);
+}
+
+#[test]
+fn silence_times_out_at_the_configured_deadline() {
+    let config = Config { handshake_timeout_ms: 10_000, ..Config::default() };
+    let mut node = first_node(config);
+    let conn = ConnId::inbound(1);
+    open(&mut node, conn, peer_addr(2), Binding([5; 32]));
+    let (deadline, _) = node.poll_timeout().expect("a handshake deadline");
+    assert!(deadline <= at(10_001).mono, "deadline {deadline:?}");
+    node.handle(at(9_000), Input::Tick);
+    assert!(closed_reason(&drain(&mut node), conn).is_none(), "not before the deadline");
+    node.handle(Time { mono: deadline, wall_ms: WALL + 10_001 }, Input::Tick);
+    assert_eq!(closed_reason(&drain(&mut node), conn), Some(CloseReason::HandshakeTimeout));
+}
+
+#[test]
+fn inbound_and_per_ip_limits_count_handshaking_connections() {
+    let config = Config { max_inbound: 4, max_per_ip: 2, ..Config::default() };
+    let mut node = first_node(config);
+    // Two from one IP are fine, the third is refused though none completed a handshake.
+    for i in 0..3u64 {
+        node.handle(at(1), Input::Incoming { conn: ConnId::inbound(i), addr: SocketAddr::from(([10, 0, 0, 9], 1000 + i as u16)) });
+    }
+    let outputs = drain(&mut node);
+    assert_eq!(closed_reason(&outputs, ConnId::inbound(2)), Some(CloseReason::PerIpLimit { ip: [10, 0, 0, 9].into(), max: 2 }));
+    for i in 3..6u64 {
+        node.handle(at(1), Input::Incoming { conn: ConnId::inbound(i), addr: peer_addr(i as u8) });
+    }
+    let outputs = drain(&mut node);
+    assert!(outputs.contains(&Output::Accept { conn: ConnId::inbound(4) }));
+    assert_eq!(closed_reason(&outputs, ConnId::inbound(5)), Some(CloseReason::InboundLimit { max: 4 }));
+    node.check_invariants().expect("limits hold");
+}
+
+#[test]
+fn bootstrap_node_answering_with_another_identity_is_refused() {
+    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
+    let impostor = Identity::from_secret_bytes(&[3; 32]);
+    let addr = SocketAddr::from(([10, 0, 0, 2], 7401));
+    let config = Config {
+        bootstrap_nodes: vec![mynet_core::config::BootstrapNode { node_id: bootstrap.node_id(), address: addr, public_key: bootstrap.public_key() }],
+        bootstrap_attempts: 1,
+        ..Config::default()
+    };
+    let mut node = Node::new(config, Identity::from_secret_bytes(&[1; 32]), 7, at(0));
+    let conn = drain(&mut node).iter().find_map(|o| if let Output::Dial { conn, .. } = o { Some(*conn) } else { None }).expect("dials bootstrap");
+    let binding = Binding([5; 32]);
+    node.handle(at(1), Input::Secured { conn, binding });
+    drain(&mut node);
+    let ack = build_hello(&impostor, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
+    node.handle(at(2), Input::Received { conn, bytes: wire::encode_frame(&Message::HelloAck(ack)) });
+    let outputs = drain(&mut node);
+    assert!(matches!(closed_reason(&outputs, conn), Some(CloseReason::UnexpectedIdentity { .. })));
+    assert!(outputs.iter().any(|o| matches!(o, Output::Event(Event::StartupFailed { reason, .. }) if reason == "failed to connect to any bootstrap node")));
+    assert_eq!(node.phase(), Phase::Failed);
+}
+
+#[test]
+fn unreachable_bootstrap_fails_after_all_rounds() {
+    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
+    let config = Config {
+        bootstrap_nodes: vec![mynet_core::config::BootstrapNode { node_id: bootstrap.node_id(), address: SocketAddr::from(([10, 0, 0, 2], 7401)), public_key: bootstrap.public_key() }],
+        bootstrap_attempts: 2,
+        bootstrap_retry_ms: 500,
+        ..Config::default()
+    };
+    let mut node = Node::new(config, Identity::from_secret_bytes(&[1; 32]), 7, at(0));
+    let mut now_ms = 0;
+    let mut failures = 0;
+    for _ in 0..10 {
+        while let Some(output) = node.poll_output() {
+            match output {
+                Output::Dial { conn, .. } => node.handle(at(now_ms), Input::Closed { conn, reason: "connection refused".into() }),
+                Output::Event(Event::BootstrapFailed { .. }) => failures += 1,
+                _ => {}
+            }
+        }
+        match node.poll_timeout() {
+            Some((deadline, _)) => {
+                now_ms = deadline.0 / 1000;
+                node.handle(at(now_ms), Input::Tick);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(failures, 2);
+    assert_eq!(node.phase(), Phase::Failed);
+}
