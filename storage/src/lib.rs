@@ -1,1 +1,13 @@
-//! placeholder
+//! mynet-storage: what a node keeps on disk.
+//!
+//! - [`log`]: the event log every input is appended to before the node handles it, with a
+//!   fjall implementation for production and an in-memory one for the simulator.
+//! - [`keyfile`]: the node's ed25519 key file and other owner-only files in the data dir.
+
+pub mod journal;
+pub mod keyfile;
+pub mod log;
+
+pub use keyfile::{KeyError, load_or_create_key, write_private};
+pub use log::{EventLog, FjallLog, LogError, LogRecord, MemLog, StorageError, decode_record, encode_record, read_records};
+pub use journal::{Divergence, Journaled, Recovery, ReplayError, ReplayReport, replay};
