@@ -152,8 +152,8 @@ config_schema! {
         /// Period of peer discovery rounds (SPEC R5.4).
         discovery_interval_ms: u64 = 60_000,
         /// Rounds of dialling the bootstrap list before start-up gives up.
-        bootstrap_attempts: u32 = 3,
-        /// Pause between bootstrap rounds.
+        bootstrap_attempts: u32 = 4,
+        /// Pause before the second bootstrap round; it doubles for each later round.
         bootstrap_retry_ms: u64 = 2_000,
         /// How long a peer that crossed the misbehaviour threshold stays blacklisted.
         ban_duration_ms: u64 = 600_000,

@@ -764,6 +764,9 @@ impl Node {
             }
             self.request(conn_id, Message::DiscoverPeers { node_id: self.state.node_id, max_peers, exclude });
         }
+        if !bootstrap {
+            self.release_bootstrap_links();
+        }
     }
 
     fn handle_peer_message(&mut self, conn_id: ConnId, peer: NodeId, message: Message) {
@@ -884,7 +887,9 @@ impl Node {
         let (round, of) = (self.state.bootstrap.round, self.state.config.bootstrap_attempts);
         if round < of {
             self.event(Event::BootstrapRetry { round: round + 1, of });
-            self.state.bootstrap.retry_at = Some(self.state.now.mono.plus_ms(self.state.config.bootstrap_retry_ms));
+            // Exponential back-off: a busy bootstrap node gets time to release slots.
+            let backoff_ms = self.state.config.bootstrap_retry_ms.saturating_mul(1 << (round - 1).min(16));
+            self.state.bootstrap.retry_at = Some(self.state.now.mono.plus_ms(backoff_ms));
         } else {
             self.fail(Phase::Bootstrap, "failed to connect to any bootstrap node".into());
         }
