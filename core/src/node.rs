@@ -401,6 +401,11 @@ impl Node {
         &self.state.config
     }
 
+    /// The last time the node was handed (monotonic part clamped to never go back).
+    pub fn now(&self) -> Time {
+        self.state.now
+    }
+
     /// The current phase.
     pub fn phase(&self) -> Phase {
         self.state.phase

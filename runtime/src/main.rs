@@ -1,1 +1,201 @@
-fn main() {}
+//! `mynet`: run a node, inspect it, simulate a network, replay a node's event log.
+
+mod api;
+mod datadir;
+mod driver;
+mod noise;
+mod replay;
+mod startup;
+mod transport;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+use crate::datadir::{DEFAULT_DATA_DIR, DataDir};
+
+#[derive(Parser)]
+#[command(name = "mynet", version, about = "A node of MY Network: stores, verifies and replicates content")]
+struct Cli {
+    /// The node's data directory.
+    #[arg(long, global = true, env = "MYNET_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the data dir, key and default configs if absent; print the identity as JSON.
+    Init,
+    /// Run a node in the foreground until SIGINT/SIGTERM.
+    Run,
+    /// Print the running node's status as JSON.
+    Status,
+    /// Print the running node's peers as a table.
+    Peers,
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Replay the node's event log through a fresh node and check every checkpoint.
+    Replay(replay::ReplayArgs),
+    /// Run a seeded simulation of many nodes; prints a JSON summary as the last line.
+    Sim(SimArgs),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the merged config, each value with the layer it came from.
+    Show,
+}
+
+#[derive(clap::Args)]
+struct SimArgs {
+    /// Seed of everything random in the run.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// Simulated duration: 500ms, 90s, 10m, 1h.
+    #[arg(long, default_value = "10m", value_parser = parse_duration_ms)]
+    duration: u64,
+    /// Keep node NODE's event log and write it to DIR (a data dir `mynet replay` reads).
+    #[arg(long, num_args = 2, value_names = ["NODE", "DIR"])]
+    dump_log: Option<Vec<String>>,
+}
+
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 500ms, 90s, 10m, 1h"))?;
+    let scale = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}; use ms, s, m or h")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Run));
+    let dir = DataDir::new(cli.data_dir);
+    let result = match cli.command {
+        Command::Init => init(&dir),
+        Command::Run => return run(dir),
+        Command::Status => api::get(&dir, "/status").map(|status| println!("{}", pretty(&status))),
+        Command::Peers => api::get(&dir, "/peers").map(|status| print_peers(&status)),
+        Command::Config { command: ConfigCommand::Show } => config_show(&dir),
+        Command::Replay(args) => return replay::run(&dir, &args),
+        Command::Sim(args) => sim(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(node: bool) {
+    let default = if node { "info" } else { "warn" };
+    // fjall reports routine maintenance at info; an operator only needs its warnings.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},fjall=warn,lsm_tree=warn")));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi).init();
+}
+
+fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+fn init(dir: &DataDir) -> Result<()> {
+    let (identity, created) = dir.init()?;
+    let root = std::fs::canonicalize(dir.root()).unwrap_or_else(|_| dir.root().to_path_buf());
+    println!("{}", json!({ "node_id": identity.node_id(), "public_key": identity.public_key(), "data_dir": root, "created": created }));
+    Ok(())
+}
+
+fn run(dir: DataDir) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(startup::run(dir)) {
+        Ok(()) => {
+            tracing::info!("node stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            tracing::error!("{err}");
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_show(dir: &DataDir) -> Result<()> {
+    let layered = dir.load_config()?;
+    println!("{}", pretty(&layered.config.provenance_json(&layered.sources)));
+    Ok(())
+}
+
+fn print_peers(status: &serde_json::Value) {
+    let peers = status["peers"].as_array().cloned().unwrap_or_default();
+    println!("{:<64}  {:<21}  {:<9}  {:>6}", "NODE ID", "ADDRESS", "DIRECTION", "UP(s)");
+    for peer in &peers {
+        let bootstrap = if peer["bootstrap"].as_bool() == Some(true) { " (bootstrap)" } else { "" };
+        println!(
+            "{:<64}  {:<21}  {:<9}  {:>6}{bootstrap}",
+            peer["node_id"].as_str().unwrap_or("?"),
+            peer["address"].as_str().unwrap_or("?"),
+            peer["direction"].as_str().unwrap_or("?"),
+            peer["connected_s"].as_u64().unwrap_or(0)
+        );
+    }
+    println!("{} peers", peers.len());
+}
+
+fn sim(args: SimArgs) -> Result<()> {
+    let mut config = mynet_sim::SimConfig::new(args.seed, args.nodes, args.duration);
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let dump = match &args.dump_log {
+        Some(pair) => {
+            let node: usize = pair[0].parse().with_context(|| format!("--dump-log NODE must be a node index, got {:?}", pair[0]))?;
+            if node >= args.nodes {
+                bail!("--dump-log node {node} does not exist (nodes are 0..{})", args.nodes);
+            }
+            config.keep_logs.push(node);
+            Some((node, PathBuf::from(&pair[1])))
+        }
+        None => None,
+    };
+    let command = config.command();
+    let mut world = mynet_sim::World::new(config);
+    let outcome = world.run();
+    if let Some((node, path)) = dump {
+        replay::dump_sim_log(&world, node, &path)?;
+        eprintln!("wrote node {node}'s event log to {}; replay it with: mynet replay --data-dir {}", path.display(), path.display());
+    }
+    if let Err(err) = outcome {
+        println!("{}", json!({ "error": err.to_string(), "reproduce": command, "summary": world.summary() }));
+        bail!("{err}");
+    }
+    println!("{}", serde_json::to_string(&world.summary())?);
+    Ok(())
+}

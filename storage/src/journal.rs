@@ -157,13 +157,17 @@ impl<L: EventLog> Journaled<L> {
 
     /// Continues a node from its log: replays it, then records and handles a restart.
     /// An empty log starts a new node instead.
-    pub fn open(log: L, config: Config, identity: Identity, rng_seed: u64, now: Time, out: &mut Vec<Output>) -> Result<(Journaled<L>, Recovery), ReplayError> {
+    /// `clock` gets the time of the last replayed input (`None` for a new log) and returns the
+    /// time of the restart, so a driver can keep its monotonic clock going forward.
+    pub fn open(log: L, config: Config, identity: Identity, rng_seed: u64, clock: impl FnOnce(Option<Time>) -> Time, out: &mut Vec<Output>) -> Result<(Journaled<L>, Recovery), ReplayError> {
         if log.next_seq() == 0 {
+            let now = clock(None);
             return Ok((Journaled::create(log, config, identity, rng_seed, now, out)?, Recovery::default()));
         }
         let (report, node) = replay(&log, &identity, None, &mut |_, _, _, _| {})?;
         let node = node.ok_or(LogError::NoGenesis)?;
         let recovery = Recovery { records: report.records, checkpoints: report.checkpoints, divergence: report.divergence };
+        let now = clock(Some(node.now()));
         let mut journaled = Journaled { node, log, since_checkpoint: 0 };
         journaled.handle(now, Input::Restart { config: Box::new(config), rng_seed }, out)?;
         Ok((journaled, recovery))
@@ -247,7 +251,7 @@ mod tests {
 
         // Reopening continues the same node: the restart is an input like any other.
         let log = j.into_log();
-        let (reopened, recovery) = Journaled::open(log, config, identity.clone(), 6, Time::new(30_000_000, 30), &mut out).expect("open");
+        let (reopened, recovery) = Journaled::open(log, config, identity.clone(), 6, |_| Time::new(30_000_000, 30), &mut out).expect("open");
         assert_eq!(recovery.divergence, None);
         assert_eq!(reopened.node().status(Time::new(30_000_000, 30)).counters.restarts, 1);
         let other = Identity::from_secret_bytes(&[2; 32]);
