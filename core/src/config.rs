@@ -198,14 +198,36 @@ impl Config {
     /// Checks the values the types cannot, naming the file each came from.
     pub fn validate(&self, sources: &Sources) -> Result<(), ConfigError> {
         let src = |field: &'static str| sources.get(field).copied().unwrap_or(Source::Default);
-        let fail = |field: &'static str, path: String, message: String| Err(ConfigError::new(src(field), path, message));
-        if self.network_id.is_empty() || self.network_id.len() > 64 || !self.network_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            return fail("network_id", "network_id".into(), format!("{:?} must be 1-64 characters of a-z, 0-9, '-', '_', '.'", self.network_id));
+        let fail =
+            |field: &'static str, path: String, message: String| Err(ConfigError::new(src(field), path, message));
+        if self.network_id.is_empty()
+            || self.network_id.len() > 64
+            || !self.network_id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return fail(
+                "network_id",
+                "network_id".into(),
+                format!("{:?} must be 1-64 characters of a-z, 0-9, '-', '_', '.'", self.network_id),
+            );
         }
         match parse_version(&self.protocol_version) {
-            None => return fail("protocol_version", "protocol_version".into(), format!("{:?} is not a version of the form 1.2.3", self.protocol_version)),
+            None => {
+                return fail(
+                    "protocol_version",
+                    "protocol_version".into(),
+                    format!("{:?} is not a version of the form 1.2.3", self.protocol_version),
+                );
+            }
             Some(version) if !versions_compatible(version, ours()) => {
-                return fail("protocol_version", "protocol_version".into(), format!("{} is not compatible with this build's {}", self.protocol_version, crate::PROTOCOL_VERSION));
+                return fail(
+                    "protocol_version",
+                    "protocol_version".into(),
+                    format!(
+                        "{} is not compatible with this build's {}",
+                        self.protocol_version,
+                        crate::PROTOCOL_VERSION
+                    ),
+                );
             }
             Some(_) => {}
         }
@@ -216,18 +238,34 @@ impl Config {
     fn validate_bootstrap(&self, src: &dyn Fn(&'static str) -> Source) -> Result<(), ConfigError> {
         let source = src("bootstrap_nodes");
         if self.bootstrap_nodes.len() > BOOTSTRAP_NODES_MAX {
-            return Err(ConfigError::new(source, "bootstrap_nodes", format!("{} entries; at most {BOOTSTRAP_NODES_MAX}", self.bootstrap_nodes.len())));
+            return Err(ConfigError::new(
+                source,
+                "bootstrap_nodes",
+                format!("{} entries; at most {BOOTSTRAP_NODES_MAX}", self.bootstrap_nodes.len()),
+            ));
         }
         for (i, node) in self.bootstrap_nodes.iter().enumerate() {
             let derived = NodeId::from_public_key(&node.public_key);
             if derived != node.node_id {
-                return Err(ConfigError::new(source, format!("bootstrap_nodes[{i}].node_id"), format!("does not match public_key (BLAKE3 of that key is {derived})")));
+                return Err(ConfigError::new(
+                    source,
+                    format!("bootstrap_nodes[{i}].node_id"),
+                    format!("does not match public_key (BLAKE3 of that key is {derived})"),
+                ));
             }
             if node.address.port() == 0 || node.address.ip().is_unspecified() {
-                return Err(ConfigError::new(source, format!("bootstrap_nodes[{i}].address"), format!("{} is not a dialable address", node.address)));
+                return Err(ConfigError::new(
+                    source,
+                    format!("bootstrap_nodes[{i}].address"),
+                    format!("{} is not a dialable address", node.address),
+                ));
             }
             if self.bootstrap_nodes[..i].iter().any(|other| other.node_id == node.node_id) {
-                return Err(ConfigError::new(source, format!("bootstrap_nodes[{i}].node_id"), "listed twice".to_string()));
+                return Err(ConfigError::new(
+                    source,
+                    format!("bootstrap_nodes[{i}].node_id"),
+                    "listed twice".to_string(),
+                ));
             }
         }
         Ok(())
@@ -254,7 +292,11 @@ impl Config {
             }
         }
         if !self.api_addr.ip().is_loopback() {
-            return Err(ConfigError::new(src("api_addr"), "api_addr", format!("{} is not a loopback address; the API only binds loopback", self.api_addr)));
+            return Err(ConfigError::new(
+                src("api_addr"),
+                "api_addr",
+                format!("{} is not a loopback address; the API only binds loopback", self.api_addr),
+            ));
         }
         Ok(())
     }
@@ -277,7 +319,11 @@ fn parse_layer<T: for<'de> Deserialize<'de>>(source: Source, text: &str) -> Resu
     let value: T = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
-        let message = if inner.is_syntax() || inner.is_eof() { format!("invalid JSON: {inner}") } else { strip_position(&inner.to_string()) };
+        let message = if inner.is_syntax() || inner.is_eof() {
+            format!("invalid JSON: {inner}")
+        } else {
+            strip_position(&inner.to_string())
+        };
         ConfigError::new(source, if path == "." { "(top level)".to_string() } else { path }, message)
     })?;
     de.end().map_err(|err| ConfigError::new(source, "(top level)", format!("invalid JSON: {err}")))?;
@@ -364,7 +410,9 @@ mod tests {
         assert!(err.message.contains("unknown field `listen_addr`"), "{err}");
         let err = load(None, Some(r#"{"colour": 1}"#)).expect_err("unknown field");
         assert!(err.message.contains("unknown field `colour`"), "{err}");
-        let err = load(Some(r#"{"bootstrap_nodes":[{"node_id":"zz","address":"127.0.0.1:1","public_key":"00"}]}"#), None).expect_err("bad hex");
+        let err =
+            load(Some(r#"{"bootstrap_nodes":[{"node_id":"zz","address":"127.0.0.1:1","public_key":"00"}]}"#), None)
+                .expect_err("bad hex");
         assert_eq!(err.path, "bootstrap_nodes[0].node_id");
         let err = load(None, Some(r#"{"max_per_ip": 0}"#)).expect_err("zero");
         assert_eq!(err.to_string(), "node_config.json: field `max_per_ip`: 0 is out of range 1..=10000");
@@ -378,7 +426,11 @@ mod tests {
     fn bootstrap_node_id_must_match_key() {
         let a = Identity::from_secret_bytes(&[1; 32]);
         let b = Identity::from_secret_bytes(&[2; 32]);
-        let text = format!(r#"{{"bootstrap_nodes":[{{"node_id":"{}","address":"127.0.0.1:7401","public_key":"{}"}}]}}"#, a.node_id(), b.public_key());
+        let text = format!(
+            r#"{{"bootstrap_nodes":[{{"node_id":"{}","address":"127.0.0.1:7401","public_key":"{}"}}]}}"#,
+            a.node_id(),
+            b.public_key()
+        );
         let err = load(Some(&text), None).expect_err("mismatch");
         assert_eq!(err.path, "bootstrap_nodes[0].node_id");
         assert!(err.message.contains(&b.node_id().to_string()));

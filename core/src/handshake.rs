@@ -64,7 +64,15 @@ pub struct Expect<'a> {
 }
 
 /// Builds and signs our Hello for `role` on the channel with `binding`.
-pub fn build_hello(identity: &Identity, role: Role, binding: Binding, network_id: &str, version: &str, timestamp_ms: u64, listen_addr: Option<SocketAddr>) -> Hello {
+pub fn build_hello(
+    identity: &Identity,
+    role: Role,
+    binding: Binding,
+    network_id: &str,
+    version: &str,
+    timestamp_ms: u64,
+    listen_addr: Option<SocketAddr>,
+) -> Hello {
     let mut hello = Hello {
         node_id: identity.node_id(),
         public_key: identity.public_key(),
@@ -84,16 +92,23 @@ pub fn verify_hello(hello: &Hello, role: Role, binding: Binding, expect: &Expect
     if NodeId::from_public_key(&hello.public_key) != hello.node_id {
         return Err(HandshakeError::NodeIdMismatch { claimed: hello.node_id });
     }
-    identity::verify(&hello.public_key, &signed_bytes(hello, role, binding), &hello.signature).map_err(|_| HandshakeError::BadSignature)?;
+    identity::verify(&hello.public_key, &signed_bytes(hello, role, binding), &hello.signature)
+        .map_err(|_| HandshakeError::BadSignature)?;
     if hello.network_id != expect.network_id {
-        return Err(HandshakeError::WrongNetwork { ours: expect.network_id.to_string(), theirs: hello.network_id.clone() });
+        return Err(HandshakeError::WrongNetwork {
+            ours: expect.network_id.to_string(),
+            theirs: hello.network_id.clone(),
+        });
     }
     let compatible = match (parse_version(&hello.network_version), parse_version(expect.version)) {
         (Some(theirs), Some(ours)) => versions_compatible(theirs, ours),
         _ => false,
     };
     if !compatible {
-        return Err(HandshakeError::IncompatibleVersion { ours: expect.version.to_string(), theirs: hello.network_version.clone() });
+        return Err(HandshakeError::IncompatibleVersion {
+            ours: expect.version.to_string(),
+            theirs: hello.network_version.clone(),
+        });
     }
     let skew_ms = hello.timestamp_ms.abs_diff(expect.now_wall_ms);
     if skew_ms > expect.max_skew_ms {
@@ -155,24 +170,42 @@ mod tests {
         let ok = hello(&a, Role::Initiator, bind);
         assert_eq!(verify_hello(&ok, Role::Initiator, bind, &expect(&b)), Ok(()));
         // Replayed on another channel, or reflected in the other role.
-        assert_eq!(verify_hello(&ok, Role::Initiator, Binding([8; 32]), &expect(&b)), Err(HandshakeError::BadSignature));
+        assert_eq!(
+            verify_hello(&ok, Role::Initiator, Binding([8; 32]), &expect(&b)),
+            Err(HandshakeError::BadSignature)
+        );
         assert_eq!(verify_hello(&ok, Role::Responder, bind, &expect(&b)), Err(HandshakeError::BadSignature));
         let mut tampered = ok.clone();
         tampered.timestamp_ms += 1;
         assert_eq!(verify_hello(&tampered, Role::Initiator, bind, &expect(&b)), Err(HandshakeError::BadSignature));
         let mut wrong_id = ok.clone();
         wrong_id.node_id = b.node_id();
-        assert!(matches!(verify_hello(&wrong_id, Role::Initiator, bind, &expect(&b)), Err(HandshakeError::NodeIdMismatch { .. })));
+        assert!(matches!(
+            verify_hello(&wrong_id, Role::Initiator, bind, &expect(&b)),
+            Err(HandshakeError::NodeIdMismatch { .. })
+        ));
         let other_net = build_hello(&a, Role::Initiator, bind, "other", "1.0.0", NOW, None);
-        assert!(matches!(verify_hello(&other_net, Role::Initiator, bind, &expect(&b)), Err(HandshakeError::WrongNetwork { .. })));
+        assert!(matches!(
+            verify_hello(&other_net, Role::Initiator, bind, &expect(&b)),
+            Err(HandshakeError::WrongNetwork { .. })
+        ));
         let v2 = build_hello(&a, Role::Initiator, bind, "net", "2.0.0", NOW, None);
-        assert!(matches!(verify_hello(&v2, Role::Initiator, bind, &expect(&b)), Err(HandshakeError::IncompatibleVersion { .. })));
+        assert!(matches!(
+            verify_hello(&v2, Role::Initiator, bind, &expect(&b)),
+            Err(HandshakeError::IncompatibleVersion { .. })
+        ));
         let v11 = build_hello(&a, Role::Initiator, bind, "net", "1.1.0", NOW, None);
         assert_eq!(verify_hello(&v11, Role::Initiator, bind, &expect(&b)), Ok(()));
         let stale = build_hello(&a, Role::Initiator, bind, "net", "1.0.0", NOW - 60_001, None);
-        assert!(matches!(verify_hello(&stale, Role::Initiator, bind, &expect(&b)), Err(HandshakeError::ClockSkew { skew_ms: 60_001, .. })));
+        assert!(matches!(
+            verify_hello(&stale, Role::Initiator, bind, &expect(&b)),
+            Err(HandshakeError::ClockSkew { skew_ms: 60_001, .. })
+        ));
         let future = build_hello(&a, Role::Initiator, bind, "net", "1.0.0", NOW + 61_000, None);
-        assert!(matches!(verify_hello(&future, Role::Initiator, bind, &expect(&b)), Err(HandshakeError::ClockSkew { .. })));
+        assert!(matches!(
+            verify_hello(&future, Role::Initiator, bind, &expect(&b)),
+            Err(HandshakeError::ClockSkew { .. })
+        ));
         assert_eq!(verify_hello(&ok, Role::Initiator, bind, &expect(&a)), Err(HandshakeError::SelfConnection));
     }
 }

@@ -76,11 +76,7 @@ macro_rules! hex_serde {
     ($ty:ident) => {
         impl Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                if s.is_human_readable() {
-                    s.serialize_str(&hex::encode(&self.0))
-                } else {
-                    self.0.serialize(s)
-                }
+                if s.is_human_readable() { s.serialize_str(&hex::encode(&self.0)) } else { self.0.serialize(s) }
             }
         }
 
@@ -123,11 +119,7 @@ impl ConnId {
 
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_inbound() {
-            write!(f, "in#{}", self.0 & !Self::INBOUND_BIT)
-        } else {
-            write!(f, "out#{}", self.0)
-        }
+        if self.is_inbound() { write!(f, "in#{}", self.0 & !Self::INBOUND_BIT) } else { write!(f, "out#{}", self.0) }
     }
 }
 

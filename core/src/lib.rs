@@ -6,10 +6,10 @@
 //! which is what lets the same code run in production, in the simulator and in replay.
 
 pub mod config;
+pub mod handshake;
 pub mod hex;
 pub mod id;
 pub mod identity;
-pub mod handshake;
 pub mod node;
 pub mod peers;
 pub mod time;
@@ -18,9 +18,7 @@ pub mod wire;
 pub use config::{Config, ConfigError, Layer, Source};
 pub use id::{ConnId, NodeId, PublicKey};
 pub use identity::{Identity, IdentityError};
-pub use node::{
-    CloseReason, Direction, Event, Input, Node, Output, Phase, PeerStatus, NodeStatus, TimerKind,
-};
+pub use node::{CloseReason, Direction, Event, Input, Node, NodeStatus, Output, PeerStatus, Phase, TimerKind};
 pub use time::{Mono, Time};
 pub use wire::{Message, WireError};
 

@@ -150,7 +150,9 @@ impl fmt::Display for CloseReason {
             CloseReason::Wire(err) => write!(f, "bad frame: {err}"),
             CloseReason::BeforeHandshake(what) => write!(f, "{what} sent before the handshake completed"),
             CloseReason::Protocol(what) => write!(f, "protocol violation: {what}"),
-            CloseReason::UnexpectedIdentity { expected, got } => write!(f, "expected node {expected} but {got} answered"),
+            CloseReason::UnexpectedIdentity { expected, got } => {
+                write!(f, "expected node {expected} but {got} answered")
+            }
             CloseReason::Duplicate => f.write_str("duplicate connection to a peer we already have"),
             CloseReason::InboundLimit { max } => write!(f, "inbound connection limit {max} reached"),
             CloseReason::PerIpLimit { ip, max } => write!(f, "per-IP connection limit {max} reached for {ip}"),
@@ -201,10 +203,16 @@ impl fmt::Display for Event {
             Event::PhaseEntered { phase } => write!(f, "phase: {phase}"),
             Event::FirstNode => f.write_str("bootstrap list is empty: this is the network's first node"),
             Event::BootstrapConnected { node_id, addr } => write!(f, "bootstrap node {node_id} at {addr}: connected"),
-            Event::BootstrapFailed { node_id, addr, reason } => write!(f, "bootstrap node {node_id} at {addr}: failed: {reason}"),
-            Event::BootstrapRetry { round, of } => write!(f, "no bootstrap node reachable; retrying (round {round} of {of})"),
+            Event::BootstrapFailed { node_id, addr, reason } => {
+                write!(f, "bootstrap node {node_id} at {addr}: failed: {reason}")
+            }
+            Event::BootstrapRetry { round, of } => {
+                write!(f, "no bootstrap node reachable; retrying (round {round} of {of})")
+            }
             Event::StartupFailed { phase, reason } => write!(f, "start-up failed in phase {phase}: {reason}"),
-            Event::PeerConnected { node_id, addr, direction } => write!(f, "peer {node_id} connected ({direction}, {addr})"),
+            Event::PeerConnected { node_id, addr, direction } => {
+                write!(f, "peer {node_id} connected ({direction}, {addr})")
+            }
             Event::ConnectionClosed { conn, addr, peer, reason, by_us } => {
                 let who = peer.map(|p| format!(" peer {p}")).unwrap_or_default();
                 let side = if *by_us { "closing" } else { "closed" };
@@ -215,9 +223,15 @@ impl fmt::Display for Event {
                 "network info from {from}: {peers} active peers, {} connected / {} known there, {popular_content} popular items",
                 stats.connected_peers, stats.known_peers
             ),
-            Event::PeersLearned { from, received, new } => write!(f, "discovery: {received} peers from {from}, {new} new"),
+            Event::PeersLearned { from, received, new } => {
+                write!(f, "discovery: {received} peers from {from}, {new} new")
+            }
             Event::Penalised { offender, points, score, banned } => {
-                write!(f, "penalised {offender:?} by {points} (score {score}){}", if *banned { ", blacklisted" } else { "" })
+                write!(
+                    f,
+                    "penalised {offender:?} by {points} (score {score}){}",
+                    if *banned { ", blacklisted" } else { "" }
+                )
             }
             Event::Initialized { peers } => write!(f, "node initialized ({peers} peers)"),
         }
@@ -285,9 +299,13 @@ enum ConnState {
     /// Dialling, or accepted and running the secure handshake.
     Opening,
     /// Inbound, secure: waiting for the peer's Hello.
-    AwaitHello { binding: Binding },
+    AwaitHello {
+        binding: Binding,
+    },
     /// Outbound, secure, Hello sent: waiting for the answer.
-    AwaitAck { binding: Binding },
+    AwaitAck {
+        binding: Binding,
+    },
     Established(Established),
 }
 
@@ -384,7 +402,8 @@ impl Node {
             next_discovery: None,
             counters: Counters::default(),
         };
-        let mut node = Node { identity, state, outputs: VecDeque::new(), output_hash: blake3::Hasher::new(), outputs_total: 0 };
+        let mut node =
+            Node { identity, state, outputs: VecDeque::new(), output_hash: blake3::Hasher::new(), outputs_total: 0 };
         node.start(now);
         node
     }
@@ -413,7 +432,8 @@ impl Node {
 
     /// Established peers' ids, in id order.
     pub fn peer_ids(&self) -> Vec<NodeId> {
-        let mut ids: Vec<NodeId> = self.state.conns.values().filter_map(|c| c.established().map(|e| e.node_id)).collect();
+        let mut ids: Vec<NodeId> =
+            self.state.conns.values().filter_map(|c| c.established().map(|e| e.node_id)).collect();
         ids.sort();
         ids
     }
@@ -443,11 +463,10 @@ impl Node {
             return Err(format!("{n} connections to {ip}, limit {}", cfg.max_per_ip));
         }
         for (id, conn) in &self.state.conns {
-            if let Some(e) = conn.established() {
-                if e.node_id == self.state.node_id || NodeId::from_public_key(&e.public_key) != e.node_id {
+            if let Some(e) = conn.established()
+                && (e.node_id == self.state.node_id || NodeId::from_public_key(&e.public_key) != e.node_id) {
                     return Err(format!("{id} holds an unverified or self identity"));
                 }
-            }
         }
         Ok(())
     }
@@ -547,11 +566,10 @@ impl Node {
         }
         let mut best: Option<(Mono, TimerKind)> = None;
         let mut consider = |at: Option<Mono>, kind: TimerKind| {
-            if let Some(at) = at {
-                if best.is_none_or(|(b, _)| at < b) {
+            if let Some(at) = at
+                && best.is_none_or(|(b, _)| at < b) {
                     best = Some((at, kind));
                 }
-            }
         };
         for (id, conn) in &self.state.conns {
             if conn.established().is_none() {
@@ -593,7 +611,15 @@ impl Node {
             Direction::Outbound => {
                 conn.state = ConnState::AwaitAck { binding };
                 let cfg = &self.state.config;
-                let hello = handshake::build_hello(&self.identity, Role::Initiator, binding, &cfg.network_id, &cfg.protocol_version, now.wall_ms, listen);
+                let hello = handshake::build_hello(
+                    &self.identity,
+                    Role::Initiator,
+                    binding,
+                    &cfg.network_id,
+                    &cfg.protocol_version,
+                    now.wall_ms,
+                    listen,
+                );
                 self.send(conn_id, &Message::Hello(hello));
             }
         }
@@ -627,7 +653,13 @@ impl Node {
 
     fn handle_tick(&mut self) {
         let now = self.state.now.mono;
-        let expired: Vec<ConnId> = self.state.conns.iter().filter(|(_, c)| c.established().is_none() && c.deadline <= now).map(|(id, _)| *id).collect();
+        let expired: Vec<ConnId> = self
+            .state
+            .conns
+            .iter()
+            .filter(|(_, c)| c.established().is_none() && c.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
         for conn in expired {
             self.close(conn, CloseReason::HandshakeTimeout);
         }
@@ -702,11 +734,21 @@ impl Node {
     fn handle_hello(&mut self, conn_id: ConnId, hello: wire::Hello, role: Role, binding: Binding) {
         let now = self.state.now;
         let cfg = &self.state.config;
-        let expect = Expect { our_id: self.state.node_id, network_id: &cfg.network_id, version: &cfg.protocol_version, now_wall_ms: now.wall_ms, max_skew_ms: cfg.max_clock_skew_ms };
+        let expect = Expect {
+            our_id: self.state.node_id,
+            network_id: &cfg.network_id,
+            version: &cfg.protocol_version,
+            now_wall_ms: now.wall_ms,
+            max_skew_ms: cfg.max_clock_skew_ms,
+        };
         if let Err(err) = handshake::verify_hello(&hello, role, binding, &expect) {
             self.state.counters.handshakes_failed += 1;
             let offensive = !matches!(err, HandshakeError::SelfConnection | HandshakeError::ClockSkew { .. });
-            return if offensive { self.misbehaved(conn_id, CloseReason::Handshake(err)) } else { self.close(conn_id, CloseReason::Handshake(err)) };
+            return if offensive {
+                self.misbehaved(conn_id, CloseReason::Handshake(err))
+            } else {
+                self.close(conn_id, CloseReason::Handshake(err))
+            };
         }
         let Some(conn) = self.state.conns.get(&conn_id) else { return };
         if let Some(expected) = conn.expect.filter(|e| *e != hello.node_id) {
@@ -716,15 +758,22 @@ impl Node {
         if self.state.penalties.is_banned(&Offender::Node(hello.node_id), now.mono) {
             return self.close(conn_id, CloseReason::Banned);
         }
-        if let Some(keep_existing) = self.duplicate_of(conn_id, hello.node_id) {
-            if keep_existing {
+        if let Some(keep_existing) = self.duplicate_of(conn_id, hello.node_id)
+            && keep_existing {
                 return self.close(conn_id, CloseReason::Duplicate);
             }
-        }
         if role == Role::Initiator {
             let listen = self.advertised_addr();
             let cfg = &self.state.config;
-            let ack = handshake::build_hello(&self.identity, Role::Responder, binding, &cfg.network_id, &cfg.protocol_version, now.wall_ms, listen);
+            let ack = handshake::build_hello(
+                &self.identity,
+                Role::Responder,
+                binding,
+                &cfg.network_id,
+                &cfg.protocol_version,
+                now.wall_ms,
+                listen,
+            );
             self.send(conn_id, &Message::HelloAck(ack));
         }
         self.establish(conn_id, &hello);
@@ -734,7 +783,11 @@ impl Node {
     /// one is kept. Both ends apply the same rule (keep the one dialled by the lower id), so
     /// a simultaneous dial leaves exactly one connection.
     fn duplicate_of(&mut self, conn_id: ConnId, peer: NodeId) -> Option<bool> {
-        let (&existing_id, existing) = self.state.conns.iter().find(|(id, c)| **id != conn_id && c.established().is_some_and(|e| e.node_id == peer))?;
+        let (&existing_id, existing) = self
+            .state
+            .conns
+            .iter()
+            .find(|(id, c)| **id != conn_id && c.established().is_some_and(|e| e.node_id == peer))?;
         let new_dir = self.state.conns.get(&conn_id)?.direction;
         if existing.direction == new_dir {
             return Some(true);
@@ -751,8 +804,15 @@ impl Node {
         let now = self.state.now.mono;
         let Some(conn) = self.state.conns.get_mut(&conn_id) else { return };
         // A listen address with an unspecified IP means "the address you see me at".
-        let listen_addr = hello.listen_addr.map(|a| if a.ip().is_unspecified() { SocketAddr::new(conn.addr.ip(), a.port()) } else { a });
-        conn.state = ConnState::Established(Established { node_id: hello.node_id, public_key: hello.public_key, listen_addr, since: now });
+        let listen_addr = hello
+            .listen_addr
+            .map(|a| if a.ip().is_unspecified() { SocketAddr::new(conn.addr.ip(), a.port()) } else { a });
+        conn.state = ConnState::Established(Established {
+            node_id: hello.node_id,
+            public_key: hello.public_key,
+            listen_addr,
+            since: now,
+        });
         let (direction, addr, bootstrap) = (conn.direction, conn.addr, conn.bootstrap);
         self.state.counters.handshakes_ok += 1;
         self.state.known.verified(hello.node_id, hello.public_key, listen_addr, now);
@@ -787,25 +847,35 @@ impl Node {
             }
             Message::DiscoverPeers { node_id, max_peers, exclude } => {
                 if node_id != peer {
-                    return self.misbehaved(conn_id, CloseReason::Protocol("discover_peers for another node id".into()));
+                    return self
+                        .misbehaved(conn_id, CloseReason::Protocol("discover_peers for another node id".into()));
                 }
                 let peers = self.sample_for(peer, usize::from(max_peers).min(PEERS_PER_ANSWER_MAX), &exclude);
                 self.send(conn_id, &Message::Peers(peers));
             }
             Message::NetworkInfo(info) => {
-                let event = Event::NetworkInfoReceived { from: peer, peers: info.peers.len() as u32, stats: info.stats.clone(), popular_content: info.popular_content.len() as u32 };
+                let event = Event::NetworkInfoReceived {
+                    from: peer,
+                    peers: info.peers.len() as u32,
+                    stats: info.stats.clone(),
+                    popular_content: info.popular_content.len() as u32,
+                };
                 self.event(event);
                 self.learn_peers(conn_id, peer, &info.peers);
             }
             Message::Peers(records) => self.learn_peers(conn_id, peer, &records),
-            Message::Hello(_) | Message::HelloAck(_) => self.misbehaved(conn_id, CloseReason::Protocol("second handshake".into())),
+            Message::Hello(_) | Message::HelloAck(_) => {
+                self.misbehaved(conn_id, CloseReason::Protocol("second handshake".into()))
+            }
         }
     }
 
     fn sample_for(&mut self, requester: NodeId, max: usize, exclude: &[NodeId]) -> Vec<PeerRecord> {
         let excluded: BTreeSet<NodeId> = exclude.iter().copied().collect();
         let self_id = self.state.node_id;
-        self.state.known.sample_verified(&mut self.state.rng, max, |id| *id == requester || *id == self_id || excluded.contains(id))
+        self.state
+            .known
+            .sample_verified(&mut self.state.rng, max, |id| *id == requester || *id == self_id || excluded.contains(id))
     }
 
     fn learn_peers(&mut self, conn_id: ConnId, from: NodeId, records: &[PeerRecord]) {
@@ -817,7 +887,10 @@ impl Node {
                 forged = true;
                 continue;
             }
-            if record.node_id == self.state.node_id || record.address.port() == 0 || record.address.ip().is_unspecified() {
+            if record.node_id == self.state.node_id
+                || record.address.port() == 0
+                || record.address.ip().is_unspecified()
+            {
                 continue;
             }
             if self.state.known.learn(record, now) {
@@ -859,7 +932,11 @@ impl Node {
             if self.dial(node.address, Some(node.node_id), true) {
                 self.state.bootstrap.pending.insert(node.node_id);
             } else {
-                self.event(Event::BootstrapFailed { node_id: node.node_id, addr: node.address, reason: "connection limits reached".into() });
+                self.event(Event::BootstrapFailed {
+                    node_id: node.node_id,
+                    addr: node.address,
+                    reason: "connection limits reached".into(),
+                });
             }
         }
         if self.state.bootstrap.pending.is_empty() {
@@ -903,7 +980,13 @@ impl Node {
     fn enter_discovery_phase(&mut self) {
         self.set_phase(Phase::PeerDiscovery);
         // Requests were sent as bootstrap connections completed; wait for their answers.
-        self.state.awaiting = self.state.conns.iter().filter(|(_, c)| c.established().is_some() && c.direction == Direction::Outbound).map(|(id, _)| *id).collect();
+        self.state.awaiting = self
+            .state
+            .conns
+            .iter()
+            .filter(|(_, c)| c.established().is_some() && c.direction == Direction::Outbound)
+            .map(|(id, _)| *id)
+            .collect();
         if self.state.awaiting.is_empty() {
             self.finish_discovery_phase();
         } else {
@@ -943,7 +1026,8 @@ impl Node {
     // ---- discovery ----
 
     fn discovery_round(&mut self) {
-        let mut peers: Vec<ConnId> = self.state.conns.iter().filter(|(_, c)| c.established().is_some()).map(|(id, _)| *id).collect();
+        let mut peers: Vec<ConnId> =
+            self.state.conns.iter().filter(|(_, c)| c.established().is_some()).map(|(id, _)| *id).collect();
         if peers.is_empty() {
             // Isolated: go back to the bootstrap nodes, if there are any.
             let nodes = self.state.config.bootstrap_nodes.clone();
@@ -958,7 +1042,11 @@ impl Node {
         peers.truncate(DISCOVERY_FANOUT);
         let exclude = self.peer_ids();
         for conn in peers {
-            let message = Message::DiscoverPeers { node_id: self.state.node_id, max_peers: PEERS_PER_ANSWER_MAX as u16, exclude: exclude.clone() };
+            let message = Message::DiscoverPeers {
+                node_id: self.state.node_id,
+                max_peers: PEERS_PER_ANSWER_MAX as u16,
+                exclude: exclude.clone(),
+            };
             self.request(conn, message);
         }
         self.fill_peers();
@@ -971,7 +1059,13 @@ impl Node {
         if others < target {
             return;
         }
-        let links: Vec<ConnId> = self.state.conns.iter().filter(|(_, c)| c.bootstrap && c.established().is_some()).map(|(id, _)| *id).collect();
+        let links: Vec<ConnId> = self
+            .state
+            .conns
+            .iter()
+            .filter(|(_, c)| c.bootstrap && c.established().is_some())
+            .map(|(id, _)| *id)
+            .collect();
         for id in links {
             self.close(id, CloseReason::BootstrapReleased);
         }
@@ -979,11 +1073,19 @@ impl Node {
 
     /// Dials known peers until the target is met or no candidate is left.
     fn fill_peers(&mut self) {
-        if !matches!(self.state.phase, Phase::PeerDiscovery | Phase::InitialSync | Phase::BackgroundServices | Phase::Ready) {
+        if !matches!(
+            self.state.phase,
+            Phase::PeerDiscovery | Phase::InitialSync | Phase::BackgroundServices | Phase::Ready
+        ) {
             return;
         }
         let target = self.state.config.target_peers as usize;
-        let active = self.state.conns.values().filter(|c| c.established().is_some() || c.direction == Direction::Outbound).count();
+        let active = self
+            .state
+            .conns
+            .values()
+            .filter(|c| c.established().is_some() || c.direction == Direction::Outbound)
+            .count();
         if active >= target {
             return;
         }
@@ -991,7 +1093,9 @@ impl Node {
         let connected: BTreeSet<NodeId> = self.state.conns.values().filter_map(Conn::peer_hint).collect();
         let self_id = self.state.node_id;
         let penalties = &self.state.penalties;
-        let mut candidates = self.state.known.candidates(now, |id, _| *id == self_id || connected.contains(id) || penalties.is_banned(&Offender::Node(*id), now));
+        let mut candidates = self.state.known.candidates(now, |id, _| {
+            *id == self_id || connected.contains(id) || penalties.is_banned(&Offender::Node(*id), now)
+        });
         let want = target - active;
         let all = candidates.len();
         partial_shuffle(&mut self.state.rng, &mut candidates, all);
@@ -1015,8 +1119,12 @@ impl Node {
             return Some(CloseReason::Banned);
         }
         match direction {
-            Direction::Inbound if inbound >= cfg.max_inbound => return Some(CloseReason::InboundLimit { max: cfg.max_inbound }),
-            Direction::Outbound if outbound >= cfg.max_outbound => return Some(CloseReason::Protocol("outbound limit".into())),
+            Direction::Inbound if inbound >= cfg.max_inbound => {
+                return Some(CloseReason::InboundLimit { max: cfg.max_inbound });
+            }
+            Direction::Outbound if outbound >= cfg.max_outbound => {
+                return Some(CloseReason::Protocol("outbound limit".into()));
+            }
             _ => {}
         }
         if per_ip.get(&ip).copied().unwrap_or(0) >= cfg.max_per_ip {
@@ -1038,9 +1146,27 @@ impl Node {
         true
     }
 
-    fn insert_conn(&mut self, id: ConnId, direction: Direction, addr: SocketAddr, expect: Option<NodeId>, bootstrap: bool) {
+    fn insert_conn(
+        &mut self,
+        id: ConnId,
+        direction: Direction,
+        addr: SocketAddr,
+        expect: Option<NodeId>,
+        bootstrap: bool,
+    ) {
         let deadline = self.state.now.mono.plus_ms(self.state.config.handshake_timeout_ms);
-        self.state.conns.insert(id, Conn { direction, addr, state: ConnState::Opening, deadline, expect, bootstrap, frames: FrameBuffer::default() });
+        self.state.conns.insert(
+            id,
+            Conn {
+                direction,
+                addr,
+                state: ConnState::Opening,
+                deadline,
+                expect,
+                bootstrap,
+                frames: FrameBuffer::default(),
+            },
+        );
     }
 
     fn has_conn_to(&self, id: &NodeId) -> bool {
@@ -1091,8 +1217,8 @@ impl Node {
         self.state.awaiting.remove(&conn_id);
         let peer = conn.peer_hint();
         let was_established = conn.established().is_some();
-        if !was_established {
-            if let Some(expected) = conn.expect {
+        if !was_established
+            && let Some(expected) = conn.expect {
                 if conn.bootstrap {
                     self.bootstrap_concluded(expected, conn.addr, false, reason.to_string());
                 }
@@ -1100,10 +1226,12 @@ impl Node {
                     self.state.known.dial_failed(&expected, self.state.now.mono);
                 }
             }
-        }
         let restarting = matches!(reason, CloseReason::Restarted);
         self.event(Event::ConnectionClosed { conn: conn_id, addr: conn.addr, peer, reason, by_us });
-        if self.state.phase == Phase::PeerDiscovery && self.state.awaiting.is_empty() && self.state.discovery_deadline.is_some() {
+        if self.state.phase == Phase::PeerDiscovery
+            && self.state.awaiting.is_empty()
+            && self.state.discovery_deadline.is_some()
+        {
             self.finish_discovery_phase();
         }
         if was_established && !restarting {

@@ -91,7 +91,15 @@ impl KnownPeers {
         }
         self.peers.insert(
             record.node_id,
-            KnownPeer { public_key: record.public_key, addr: record.address, verified: false, discovered_at: now, last_seen: now, failures: 0, next_dial: now },
+            KnownPeer {
+                public_key: record.public_key,
+                addr: record.address,
+                verified: false,
+                discovered_at: now,
+                last_seen: now,
+                failures: 0,
+                next_dial: now,
+            },
         );
         true
     }
@@ -105,7 +113,15 @@ impl KnownPeers {
                 if self.peers.len() >= self.max && !self.evict_one() {
                     return;
                 }
-                self.peers.entry(id).or_insert(KnownPeer { public_key, addr, verified: true, discovered_at: now, last_seen: now, failures: 0, next_dial: now })
+                self.peers.entry(id).or_insert(KnownPeer {
+                    public_key,
+                    addr,
+                    verified: true,
+                    discovered_at: now,
+                    last_seen: now,
+                    failures: 0,
+                    next_dial: now,
+                })
             }
         };
         entry.public_key = public_key;
@@ -140,7 +156,12 @@ impl KnownPeers {
     }
 
     /// Up to `max` verified peers chosen at random, none of them in `exclude`.
-    pub fn sample_verified(&self, rng: &mut ChaCha8Rng, max: usize, exclude: impl Fn(&NodeId) -> bool) -> Vec<PeerRecord> {
+    pub fn sample_verified(
+        &self,
+        rng: &mut ChaCha8Rng,
+        max: usize,
+        exclude: impl Fn(&NodeId) -> bool,
+    ) -> Vec<PeerRecord> {
         let mut pool: Vec<PeerRecord> = self
             .peers
             .iter()
@@ -201,7 +222,12 @@ impl Penalties {
     /// Adds `points` to `who`; returns the new score and whether this banned it.
     pub fn add(&mut self, who: Offender, points: u32, now: Mono, ban_ms: u64) -> (u32, bool) {
         if !self.scores.contains_key(&who) && self.scores.len() >= OFFENDERS_MAX {
-            let victim = self.scores.iter().filter(|(_, p)| p.banned_until.is_none()).min_by_key(|(k, p)| (p.score, p.updated, **k)).map(|(k, _)| *k);
+            let victim = self
+                .scores
+                .iter()
+                .filter(|(_, p)| p.banned_until.is_none())
+                .min_by_key(|(k, p)| (p.score, p.updated, **k))
+                .map(|(k, _)| *k);
             match victim {
                 Some(victim) => {
                     self.scores.remove(&victim);
@@ -242,7 +268,11 @@ mod tests {
     use rand_core::SeedableRng;
 
     fn record(i: u8) -> PeerRecord {
-        PeerRecord { node_id: NodeId([i; 32]), address: SocketAddr::from(([10, 0, 0, i], 7401)), public_key: PublicKey([i; 32]) }
+        PeerRecord {
+            node_id: NodeId([i; 32]),
+            address: SocketAddr::from(([10, 0, 0, i], 7401)),
+            public_key: PublicKey([i; 32]),
+        }
     }
 
     #[test]

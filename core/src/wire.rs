@@ -139,7 +139,8 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
     if version != WIRE_VERSION {
         return Err(WireError::UnknownVersion(version));
     }
-    let (message, rest): (Message, &[u8]) = postcard::take_from_bytes(payload).map_err(|e| WireError::Undecodable(e.to_string()))?;
+    let (message, rest): (Message, &[u8]) =
+        postcard::take_from_bytes(payload).map_err(|e| WireError::Undecodable(e.to_string()))?;
     if !rest.is_empty() {
         return Err(WireError::Undecodable(format!("{} trailing bytes", rest.len())));
     }
@@ -155,14 +156,20 @@ fn check_bounds(message: &Message) -> Result<(), WireError> {
                 return fail("handshake string field too long".into());
             }
             if hello.features.len() > FEATURES_MAX || hello.features.iter().any(|f| f.len() > SHORT_STRING_MAX) {
-                return fail(format!("{} features; at most {FEATURES_MAX} of {SHORT_STRING_MAX} bytes", hello.features.len()));
+                return fail(format!(
+                    "{} features; at most {FEATURES_MAX} of {SHORT_STRING_MAX} bytes",
+                    hello.features.len()
+                ));
             }
         }
-        Message::NetworkInfo(info) => {
-            if info.peers.len() > PEERS_PER_ANSWER_MAX || info.popular_content.len() > POPULAR_CONTENT_MAX {
-                return fail(format!("network info with {} peers, {} content", info.peers.len(), info.popular_content.len()));
+        Message::NetworkInfo(info)
+            if (info.peers.len() > PEERS_PER_ANSWER_MAX || info.popular_content.len() > POPULAR_CONTENT_MAX) => {
+                return fail(format!(
+                    "network info with {} peers, {} content",
+                    info.peers.len(),
+                    info.popular_content.len()
+                ));
             }
-        }
         Message::DiscoverPeers { exclude, .. } if exclude.len() > EXCLUDE_MAX => {
             return fail(format!("exclude list of {}; at most {EXCLUDE_MAX}", exclude.len()));
         }
@@ -235,27 +242,39 @@ mod tests {
     use proptest::prelude::*;
 
     fn peer(i: u8) -> PeerRecord {
-        PeerRecord { node_id: NodeId([i; 32]), address: SocketAddr::from(([127, 0, 0, i], 7000 + u16::from(i))), public_key: PublicKey([i; 32]) }
+        PeerRecord {
+            node_id: NodeId([i; 32]),
+            address: SocketAddr::from(([127, 0, 0, i], 7000 + u16::from(i))),
+            public_key: PublicKey([i; 32]),
+        }
     }
 
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
             Just(Message::GetNetworkInfo),
-            (any::<[u8; 32]>(), 0u16..100, proptest::collection::vec(any::<[u8; 32]>(), 0..20))
-                .prop_map(|(id, max_peers, ex)| Message::DiscoverPeers { node_id: NodeId(id), max_peers, exclude: ex.into_iter().map(NodeId).collect() }),
-            proptest::collection::vec(any::<u8>(), 0..50).prop_map(|ids| Message::Peers(ids.into_iter().map(peer).collect())),
-            (any::<[u8; 32]>(), "[a-z-]{0,20}", any::<u64>(), any::<Option<u16>>(), any::<u8>()).prop_map(|(k, net, ts, port, s)| {
-                Message::Hello(Hello {
-                    node_id: NodeId(k),
-                    public_key: PublicKey(k),
-                    network_id: net,
-                    network_version: "1.0.0".into(),
-                    features: vec!["dht".into()],
-                    timestamp_ms: ts,
-                    listen_addr: port.map(|p| SocketAddr::from(([10, 0, 0, 1], p))),
-                    signature: [s; 64],
-                })
-            }),
+            (any::<[u8; 32]>(), 0u16..100, proptest::collection::vec(any::<[u8; 32]>(), 0..20)).prop_map(
+                |(id, max_peers, ex)| Message::DiscoverPeers {
+                    node_id: NodeId(id),
+                    max_peers,
+                    exclude: ex.into_iter().map(NodeId).collect()
+                }
+            ),
+            proptest::collection::vec(any::<u8>(), 0..50)
+                .prop_map(|ids| Message::Peers(ids.into_iter().map(peer).collect())),
+            (any::<[u8; 32]>(), "[a-z-]{0,20}", any::<u64>(), any::<Option<u16>>(), any::<u8>()).prop_map(
+                |(k, net, ts, port, s)| {
+                    Message::Hello(Hello {
+                        node_id: NodeId(k),
+                        public_key: PublicKey(k),
+                        network_id: net,
+                        network_version: "1.0.0".into(),
+                        features: vec!["dht".into()],
+                        timestamp_ms: ts,
+                        listen_addr: port.map(|p| SocketAddr::from(([10, 0, 0, 1], p))),
+                        signature: [s; 64],
+                    })
+                }
+            ),
         ]
     }
 
@@ -291,7 +310,10 @@ mod tests {
         let mut buffer = FrameBuffer::default();
         let mut frames = Vec::new();
         let header = ((FRAME_LEN_MAX + 1) as u32).to_be_bytes();
-        assert_eq!(buffer.push(&header, &mut frames), Err(WireError::FrameTooLarge { len: FRAME_LEN_MAX + 1, max: FRAME_LEN_MAX }));
+        assert_eq!(
+            buffer.push(&header, &mut frames),
+            Err(WireError::FrameTooLarge { len: FRAME_LEN_MAX + 1, max: FRAME_LEN_MAX })
+        );
         assert!(buffer.buffered_len() <= FRAME_HEADER_LEN);
     }
 

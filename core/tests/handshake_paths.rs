@@ -38,9 +38,16 @@ fn open(node: &mut Node, conn: ConnId, addr: SocketAddr, binding: Binding) -> Ve
 }
 
 fn closed_reason(outputs: &[Output], conn: ConnId) -> Option<CloseReason> {
-    assert!(outputs.contains(&Output::Close { conn }) || !outputs.iter().any(|o| matches!(o, Output::Event(Event::ConnectionClosed { conn: c, .. }) if *c == conn)));
+    assert!(
+        outputs.contains(&Output::Close { conn })
+            || !outputs
+                .iter()
+                .any(|o| matches!(o, Output::Event(Event::ConnectionClosed { conn: c, .. }) if *c == conn))
+    );
     outputs.iter().find_map(|o| match o {
-        Output::Event(Event::ConnectionClosed { conn: c, reason, by_us: true, .. }) if *c == conn => Some(reason.clone()),
+        Output::Event(Event::ConnectionClosed { conn: c, reason, by_us: true, .. }) if *c == conn => {
+            Some(reason.clone())
+        }
         _ => None,
     })
 }
@@ -76,7 +83,13 @@ fn valid_handshake_establishes_and_answers() {
     });
     let ack = wire::decode_body(&ack.expect("an answer")[4..]).expect("decodes");
     let Message::HelloAck(ack) = ack else { panic!("expected handshake_response, got {ack:?}") };
-    let expect = mynet_core::handshake::Expect { our_id: peer.node_id(), network_id: "mynet-dev", version: "1.0.0", now_wall_ms: WALL, max_skew_ms: 1000 };
+    let expect = mynet_core::handshake::Expect {
+        our_id: peer.node_id(),
+        network_id: "mynet-dev",
+        version: "1.0.0",
+        now_wall_ms: WALL,
+        max_skew_ms: 1000,
+    };
     assert_eq!(mynet_core::handshake::verify_hello(&ack, Role::Responder, binding, &expect), Ok(()));
 }
 
@@ -191,10 +204,16 @@ fn inbound_and_per_ip_limits_count_handshaking_connections() {
     let mut node = first_node(config);
     // Two from one IP are fine, the third is refused though none completed a handshake.
     for i in 0..3u64 {
-        node.handle(at(1), Input::Incoming { conn: ConnId::inbound(i), addr: SocketAddr::from(([10, 0, 0, 9], 1000 + i as u16)) });
+        node.handle(
+            at(1),
+            Input::Incoming { conn: ConnId::inbound(i), addr: SocketAddr::from(([10, 0, 0, 9], 1000 + i as u16)) },
+        );
     }
     let outputs = drain(&mut node);
-    assert_eq!(closed_reason(&outputs, ConnId::inbound(2)), Some(CloseReason::PerIpLimit { ip: [10, 0, 0, 9].into(), max: 2 }));
+    assert_eq!(
+        closed_reason(&outputs, ConnId::inbound(2)),
+        Some(CloseReason::PerIpLimit { ip: [10, 0, 0, 9].into(), max: 2 })
+    );
     for i in 3..6u64 {
         node.handle(at(1), Input::Incoming { conn: ConnId::inbound(i), addr: peer_addr(i as u8) });
     }
@@ -210,12 +229,19 @@ fn bootstrap_node_answering_with_another_identity_is_refused() {
     let impostor = Identity::from_secret_bytes(&[3; 32]);
     let addr = SocketAddr::from(([10, 0, 0, 2], 7401));
     let config = Config {
-        bootstrap_nodes: vec![mynet_core::config::BootstrapNode { node_id: bootstrap.node_id(), address: addr, public_key: bootstrap.public_key() }],
+        bootstrap_nodes: vec![mynet_core::config::BootstrapNode {
+            node_id: bootstrap.node_id(),
+            address: addr,
+            public_key: bootstrap.public_key(),
+        }],
         bootstrap_attempts: 1,
         ..Config::default()
     };
     let mut node = Node::new(config, Identity::from_secret_bytes(&[1; 32]), 7, at(0));
-    let conn = drain(&mut node).iter().find_map(|o| if let Output::Dial { conn, .. } = o { Some(*conn) } else { None }).expect("dials bootstrap");
+    let conn = drain(&mut node)
+        .iter()
+        .find_map(|o| if let Output::Dial { conn, .. } = o { Some(*conn) } else { None })
+        .expect("dials bootstrap");
     let binding = Binding([5; 32]);
     node.handle(at(1), Input::Secured { conn, binding });
     drain(&mut node);
@@ -231,7 +257,11 @@ fn bootstrap_node_answering_with_another_identity_is_refused() {
 fn unreachable_bootstrap_fails_after_all_rounds() {
     let bootstrap = Identity::from_secret_bytes(&[2; 32]);
     let config = Config {
-        bootstrap_nodes: vec![mynet_core::config::BootstrapNode { node_id: bootstrap.node_id(), address: SocketAddr::from(([10, 0, 0, 2], 7401)), public_key: bootstrap.public_key() }],
+        bootstrap_nodes: vec![mynet_core::config::BootstrapNode {
+            node_id: bootstrap.node_id(),
+            address: SocketAddr::from(([10, 0, 0, 2], 7401)),
+            public_key: bootstrap.public_key(),
+        }],
         bootstrap_attempts: 2,
         bootstrap_retry_ms: 500,
         ..Config::default()
@@ -242,7 +272,9 @@ fn unreachable_bootstrap_fails_after_all_rounds() {
     for _ in 0..10 {
         while let Some(output) = node.poll_output() {
             match output {
-                Output::Dial { conn, .. } => node.handle(at(now_ms), Input::Closed { conn, reason: "connection refused".into() }),
+                Output::Dial { conn, .. } => {
+                    node.handle(at(now_ms), Input::Closed { conn, reason: "connection refused".into() })
+                }
                 Output::Event(Event::BootstrapFailed { .. }) => failures += 1,
                 _ => {}
             }

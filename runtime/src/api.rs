@@ -55,10 +55,12 @@ async fn handle(mut stream: TcpStream, token: &str, requests: &mpsc::Sender<ApiR
         let mut parts = line.splitn(2, ':');
         let name = parts.next().unwrap_or_default().trim();
         let value = parts.next().unwrap_or_default().trim();
-        name.eq_ignore_ascii_case("authorization") && constant_time_eq(value.as_bytes(), format!("Bearer {token}").as_bytes())
+        name.eq_ignore_ascii_case("authorization")
+            && constant_time_eq(value.as_bytes(), format!("Bearer {token}").as_bytes())
     });
     if !authorized {
-        return respond(&mut stream, 401, r#"{"error":"missing or wrong token (see api.token in the data dir)"}"#).await;
+        return respond(&mut stream, 401, r#"{"error":"missing or wrong token (see api.token in the data dir)"}"#)
+            .await;
     }
     if method != "GET" {
         return respond(&mut stream, 405, r#"{"error":"only GET is supported"}"#).await;
@@ -86,7 +88,10 @@ async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Re
         503 => "Service Unavailable",
         _ => "Bad Request",
     };
-    let response = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    let response = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
 }
@@ -94,12 +99,23 @@ async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Re
 /// Client side: GETs `path` from the node running on `dir` and returns the JSON body.
 pub fn get(dir: &DataDir, path: &str) -> Result<serde_json::Value> {
     let addr_path = dir.api_addr_path();
-    let addr_text = read_trimmed(&addr_path).with_context(|| format!("no running node found for data dir {} ({} is missing; start one with `mynet run`)", dir.root().display(), addr_path.display()))?;
-    let addr: SocketAddr = addr_text.parse().with_context(|| format!("{} holds {addr_text:?}, not an address", addr_path.display()))?;
+    let addr_text = read_trimmed(&addr_path).with_context(|| {
+        format!(
+            "no running node found for data dir {} ({} is missing; start one with `mynet run`)",
+            dir.root().display(),
+            addr_path.display()
+        )
+    })?;
+    let addr: SocketAddr =
+        addr_text.parse().with_context(|| format!("{} holds {addr_text:?}, not an address", addr_path.display()))?;
     let token = read_trimmed(&dir.api_token_path()).context("cannot read the API token")?;
-    let mut stream = StdTcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| format!("cannot reach the node's API at {addr}; is the node running?"))?;
+    let mut stream = StdTcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .with_context(|| format!("cannot reach the node's API at {addr}; is the node running?"))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").ok_or_else(|| anyhow!("malformed API response"))?;

@@ -11,7 +11,8 @@ use mynet_storage::keyfile;
 
 /// Default data directory, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "mynet-data";
-const DEFAULT_BOOTSTRAP: &str = "{\n  \"network_id\": \"mynet-dev\",\n  \"protocol_version\": \"1.0.0\",\n  \"bootstrap_nodes\": []\n}\n";
+const DEFAULT_BOOTSTRAP: &str =
+    "{\n  \"network_id\": \"mynet-dev\",\n  \"protocol_version\": \"1.0.0\",\n  \"bootstrap_nodes\": []\n}\n";
 const DEFAULT_NODE_CONFIG: &str = "{\n  \"listen_addr\": \"127.0.0.1:7401\"\n}\n";
 
 /// Paths inside one data directory.
@@ -61,13 +62,16 @@ impl DataDir {
                 use std::os::unix::fs::DirBuilderExt;
                 builder.mode(0o700);
             }
-            builder.create(&self.root).with_context(|| format!("cannot create data directory {}", self.root.display()))?;
+            builder
+                .create(&self.root)
+                .with_context(|| format!("cannot create data directory {}", self.root.display()))?;
         }
         if !self.root.is_dir() {
             return Err(anyhow!("data directory {} is not a directory", self.root.display()));
         }
         let probe = self.root.join(format!(".write-probe.{}", std::process::id()));
-        fs::write(&probe, b"probe").with_context(|| format!("data directory {} is not writable", self.root.display()))?;
+        fs::write(&probe, b"probe")
+            .with_context(|| format!("data directory {} is not writable", self.root.display()))?;
         let _ = fs::remove_file(&probe);
         Ok(())
     }
@@ -115,7 +119,11 @@ impl DataDir {
         match fs::read_to_string(&path) {
             Ok(text) => Ok(Some(text)),
             Err(err) if err.kind() == ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(ConfigError { file: name.to_string(), path: "(file)".into(), message: format!("cannot read {}: {err}", path.display()) }),
+            Err(err) => Err(ConfigError {
+                file: name.to_string(),
+                path: "(file)".into(),
+                message: format!("cannot read {}: {err}", path.display()),
+            }),
         }
     }
 }

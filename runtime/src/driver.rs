@@ -84,14 +84,35 @@ pub struct Driver {
 
 impl Driver {
     /// A driver for a node that has been created or recovered; `initial` are its first outputs.
-    pub fn new(journal: Journaled<FjallLog>, clock: Clock, transport: Transport, facts: Facts, initial: Vec<Output>) -> Driver {
-        let mut driver = Driver { journal, clock, transport, conns: HashMap::new(), incoming: HashMap::new(), follow_up: VecDeque::new(), outputs: Vec::new(), facts, failure: None };
+    pub fn new(
+        journal: Journaled<FjallLog>,
+        clock: Clock,
+        transport: Transport,
+        facts: Facts,
+        initial: Vec<Output>,
+    ) -> Driver {
+        let mut driver = Driver {
+            journal,
+            clock,
+            transport,
+            conns: HashMap::new(),
+            incoming: HashMap::new(),
+            follow_up: VecDeque::new(),
+            outputs: Vec::new(),
+            facts,
+            failure: None,
+        };
         driver.execute(initial);
         driver
     }
 
     /// The main loop. Returns when `shutdown` fires (Ok) or start-up fails (Err).
-    pub async fn run(mut self, mut net: mpsc::Receiver<NetEvent>, mut api: mpsc::Receiver<ApiRequest>, shutdown: impl std::future::Future<Output = ()>) -> Result<(), (Phase, anyhow::Error)> {
+    pub async fn run(
+        mut self,
+        mut net: mpsc::Receiver<NetEvent>,
+        mut api: mpsc::Receiver<ApiRequest>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), (Phase, anyhow::Error)> {
         let phase = self.journal.node().phase();
         self.main_loop(&mut net, &mut api, shutdown).await.map_err(|e| match self.failure.take() {
             Some((failed, reason)) => (failed, anyhow!(reason)),
@@ -99,7 +120,12 @@ impl Driver {
         })
     }
 
-    async fn main_loop(&mut self, net: &mut mpsc::Receiver<NetEvent>, api: &mut mpsc::Receiver<ApiRequest>, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    async fn main_loop(
+        &mut self,
+        net: &mut mpsc::Receiver<NetEvent>,
+        api: &mut mpsc::Receiver<ApiRequest>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
         tokio::pin!(shutdown);
         let mut sync = tokio::time::interval(LOG_SYNC_INTERVAL);
         loop {

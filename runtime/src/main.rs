@@ -110,9 +110,15 @@ fn main() -> ExitCode {
 fn init_tracing(node: bool) {
     let default = if node { "info" } else { "warn" };
     // fjall reports routine maintenance at info; an operator only needs its warnings.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},fjall=warn,lsm_tree=warn")));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},fjall=warn,lsm_tree=warn")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).with_ansi(ansi).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(ansi)
+        .init();
 }
 
 fn pretty(value: &serde_json::Value) -> String {
@@ -122,7 +128,10 @@ fn pretty(value: &serde_json::Value) -> String {
 fn init(dir: &DataDir) -> Result<()> {
     let (identity, created) = dir.init()?;
     let root = std::fs::canonicalize(dir.root()).unwrap_or_else(|_| dir.root().to_path_buf());
-    println!("{}", json!({ "node_id": identity.node_id(), "public_key": identity.public_key(), "data_dir": root, "created": created }));
+    println!(
+        "{}",
+        json!({ "node_id": identity.node_id(), "public_key": identity.public_key(), "data_dir": root, "created": created })
+    );
     Ok(())
 }
 
@@ -176,7 +185,8 @@ fn sim(args: SimArgs) -> Result<()> {
     }
     let dump = match &args.dump_log {
         Some(pair) => {
-            let node: usize = pair[0].parse().with_context(|| format!("--dump-log NODE must be a node index, got {:?}", pair[0]))?;
+            let node: usize =
+                pair[0].parse().with_context(|| format!("--dump-log NODE must be a node index, got {:?}", pair[0]))?;
             if node >= args.nodes {
                 bail!("--dump-log node {node} does not exist (nodes are 0..{})", args.nodes);
             }
@@ -190,7 +200,11 @@ fn sim(args: SimArgs) -> Result<()> {
     let outcome = world.run();
     if let Some((node, path)) = dump {
         replay::dump_sim_log(&world, node, &path)?;
-        eprintln!("wrote node {node}'s event log to {}; replay it with: mynet replay --data-dir {}", path.display(), path.display());
+        eprintln!(
+            "wrote node {node}'s event log to {}; replay it with: mynet replay --data-dir {}",
+            path.display(),
+            path.display()
+        );
     }
     if let Err(err) = outcome {
         println!("{}", json!({ "error": err.to_string(), "reproduce": command, "summary": world.summary() }));

@@ -41,7 +41,11 @@ pub fn generate_static_key() -> Vec<u8> {
 }
 
 /// Runs the XX handshake on `stream` and returns the transport state and the handshake hash.
-pub async fn handshake<S: AsyncReadExt + AsyncWriteExt + Unpin>(stream: &mut S, initiator: bool, static_key: &[u8]) -> Result<(StatelessTransportState, [u8; 32]), NoiseError> {
+pub async fn handshake<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    stream: &mut S,
+    initiator: bool,
+    static_key: &[u8],
+) -> Result<(StatelessTransportState, [u8; 32]), NoiseError> {
     let hs_err = |e: snow::Error| NoiseError::Handshake(e.to_string());
     let b = builder().local_private_key(static_key).map_err(hs_err)?.prologue(PROLOGUE).map_err(hs_err)?;
     let mut hs = if initiator { b.build_initiator() } else { b.build_responder() }.map_err(hs_err)?;
@@ -95,7 +99,11 @@ pub async fn write_msg<S: AsyncWriteExt + Unpin>(stream: &mut S, msg: &[u8]) -> 
 }
 
 /// Encrypts `plaintext` (any length) as consecutive transport messages, starting at `nonce`.
-pub fn seal_chunks(transport: &StatelessTransportState, nonce: &mut u64, plaintext: &[u8]) -> Result<Vec<u8>, NoiseError> {
+pub fn seal_chunks(
+    transport: &StatelessTransportState,
+    nonce: &mut u64,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, NoiseError> {
     let mut out = Vec::with_capacity(plaintext.len() + 18 * (plaintext.len() / PLAINTEXT_MAX + 1));
     let mut buf = vec![0u8; NOISE_MSG_MAX];
     for chunk in plaintext.chunks(PLAINTEXT_MAX) {

@@ -43,7 +43,8 @@ fn replay(dir: &DataDir, args: &ReplayArgs) -> Result<bool> {
         bail!("no event log at {} (is {} a node's data dir?)", log_path.display(), dir.root().display());
     }
     let identity = keyfile::load_key(&dir.key_path())?;
-    let log = FjallLog::open(&log_path).map_err(|e| anyhow::anyhow!("{e}; if a node is running on this data dir, stop it first"))?;
+    let log = FjallLog::open(&log_path)
+        .map_err(|e| anyhow::anyhow!("{e}; if a node is running on this data dir, stop it first"))?;
     let started = Instant::now();
     let mut observer = |seq: u64, record: &LogRecord, outputs: &[mynet_core::Output], _node: &mynet_core::Node| {
         if args.events {
@@ -52,11 +53,10 @@ fn replay(dir: &DataDir, args: &ReplayArgs) -> Result<bool> {
     };
     let (report, node) = mynet_storage::replay(&log, &identity, args.until, &mut observer)?;
     let elapsed = started.elapsed().as_secs_f64();
-    if args.state {
-        if let Some(node) = &node {
+    if args.state
+        && let Some(node) = &node {
             println!("{}", serde_json::to_string_pretty(&node.state_json())?);
         }
-    }
     let summary = json!({
         "records": report.records,
         "events": report.events,
@@ -78,9 +78,15 @@ fn replay(dir: &DataDir, args: &ReplayArgs) -> Result<bool> {
 
 fn print_record(seq: u64, record: &LogRecord, outputs: &[mynet_core::Output]) {
     match record {
-        LogRecord::Genesis { node_id, rng_seed, time, .. } => println!("#{seq} t={}us genesis node {node_id} seed {rng_seed}", time.mono.0),
-        LogRecord::Input { time, input } => println!("#{seq} t={}us input {}: {}", time.mono.0, input.kind(), describe_input(input)),
-        LogRecord::Checkpoint { state_hash, .. } => println!("#{seq} checkpoint state {}", mynet_core::hex::encode(&state_hash[..8])),
+        LogRecord::Genesis { node_id, rng_seed, time, .. } => {
+            println!("#{seq} t={}us genesis node {node_id} seed {rng_seed}", time.mono.0)
+        }
+        LogRecord::Input { time, input } => {
+            println!("#{seq} t={}us input {}: {}", time.mono.0, input.kind(), describe_input(input))
+        }
+        LogRecord::Checkpoint { state_hash, .. } => {
+            println!("#{seq} checkpoint state {}", mynet_core::hex::encode(&state_hash[..8]))
+        }
     }
     for output in outputs {
         match output {

@@ -46,7 +46,10 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
     announce(Phase::Configuration);
     let layered = phase(Phase::Configuration, configure(&dir))?;
     let mut config = layered.config;
-    let log = phase(Phase::Configuration, FjallLog::open(&dir.log_path()).map_err(|e| anyhow!("{e}; is another node running on this data dir?")))?;
+    let log = phase(
+        Phase::Configuration,
+        FjallLog::open(&dir.log_path()).map_err(|e| anyhow!("{e}; is another node running on this data dir?")),
+    )?;
 
     announce(Phase::Cryptography);
     let identity = phase(Phase::Cryptography, crypto(&dir).await)?;
@@ -70,18 +73,32 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
 
     let mut clock = Clock::starting_after(None);
     let mut outputs = Vec::new();
-    let opened = Journaled::open(log, config, identity, datadir::os_random_u64(), |last| {
-        clock = Clock::starting_after(last);
-        clock.now()
-    }, &mut outputs);
+    let opened = Journaled::open(
+        log,
+        config,
+        identity,
+        datadir::os_random_u64(),
+        |last| {
+            clock = Clock::starting_after(last);
+            clock.now()
+        },
+        &mut outputs,
+    );
     let (journal, recovery) = phase(Phase::Bootstrap, opened.map_err(anyhow::Error::from))?;
     if recovery.records > 0 {
-        tracing::info!("continued from event log: {} records replayed, {} checkpoints verified", recovery.records, recovery.checkpoints);
+        tracing::info!(
+            "continued from event log: {} records replayed, {} checkpoints verified",
+            recovery.records,
+            recovery.checkpoints
+        );
     }
     if let Some(divergence) = &recovery.divergence {
-        tracing::warn!("event log replay diverged from the recorded run ({divergence}); this build behaves differently from the one that wrote the log");
+        tracing::warn!(
+            "event log replay diverged from the recorded run ({divergence}); this build behaves differently from the one that wrote the log"
+        );
     }
-    let facts = Facts { listen_addr, api_addr, data_dir: dir.root().display().to_string(), startup_time_ms: driver::wall_ms() };
+    let facts =
+        Facts { listen_addr, api_addr, data_dir: dir.root().display().to_string(), startup_time_ms: driver::wall_ms() };
     let node = Driver::new(journal, clock, transport, facts, outputs);
     let result = node.run(net_rx, api_rx, shutdown_signal()).await;
     let _ = std::fs::remove_file(dir.api_addr_path());
@@ -91,9 +108,11 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
 /// Checks the pure core works on this machine: framing and the handshake round-trip.
 fn core_check() -> Result<()> {
     let probe = Identity::from_secret_bytes(&[0x5a; 32]);
-    let hello = build_hello(&probe, Role::Initiator, Binding([1; 32]), "core-check", mynet_core::PROTOCOL_VERSION, 1, None);
+    let hello =
+        build_hello(&probe, Role::Initiator, Binding([1; 32]), "core-check", mynet_core::PROTOCOL_VERSION, 1, None);
     let frame = wire::encode_frame(&Message::Hello(hello.clone()));
-    let decoded = wire::decode_body(&frame[wire::FRAME_HEADER_LEN..]).map_err(|e| anyhow!("frame round trip failed: {e}"))?;
+    let decoded =
+        wire::decode_body(&frame[wire::FRAME_HEADER_LEN..]).map_err(|e| anyhow!("frame round trip failed: {e}"))?;
     if decoded != Message::Hello(hello) {
         return Err(anyhow!("frame round trip changed the message"));
     }
@@ -104,7 +123,12 @@ fn configure(dir: &DataDir) -> Result<mynet_core::config::Layered> {
     dir.ensure()?;
     dir.write_default_configs()?;
     let layered = dir.load_config()?;
-    tracing::info!("config: network {} protocol {} with {} bootstrap nodes", layered.config.network_id, layered.config.protocol_version, layered.config.bootstrap_nodes.len());
+    tracing::info!(
+        "config: network {} protocol {} with {} bootstrap nodes",
+        layered.config.network_id,
+        layered.config.protocol_version,
+        layered.config.bootstrap_nodes.len()
+    );
     Ok(layered)
 }
 
@@ -124,8 +148,10 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
 }
 
 fn write_api_files(dir: &DataDir, api_addr: SocketAddr, token: &str) -> Result<()> {
-    keyfile::write_private(&dir.api_token_path(), format!("{token}\n").as_bytes(), true).context("cannot write api.token")?;
-    keyfile::write_private(&dir.api_addr_path(), format!("{api_addr}\n").as_bytes(), true).context("cannot write api.addr")?;
+    keyfile::write_private(&dir.api_token_path(), format!("{token}\n").as_bytes(), true)
+        .context("cannot write api.token")?;
+    keyfile::write_private(&dir.api_addr_path(), format!("{api_addr}\n").as_bytes(), true)
+        .context("cannot write api.addr")?;
     Ok(())
 }
 

@@ -94,7 +94,9 @@ impl Transport {
 
     async fn run(&self, conn: ConnId, mut stream: TcpStream, initiator: bool) {
         let _ = stream.set_nodelay(true);
-        let secured = tokio::time::timeout(self.handshake_timeout, noise::handshake(&mut stream, initiator, &self.static_key)).await;
+        let secured =
+            tokio::time::timeout(self.handshake_timeout, noise::handshake(&mut stream, initiator, &self.static_key))
+                .await;
         let (transport, binding) = match secured {
             Ok(Ok(pair)) => pair,
             Ok(Err(err)) => return self.closed(conn, err.to_string()).await,

@@ -1,7 +1,7 @@
 //! Event logs of simulated nodes: discarded by default, kept in memory for nodes whose log
 //! will be dumped for `mynet replay`.
 
-use mynet_storage::log::{EventLog, LogRecord, MemLog, StorageError};
+use mynet_storage::log::{EventLog, LogRecord, MemLog, RawRecords, StorageError};
 
 /// A simulated node's log.
 #[derive(Clone, Debug)]
@@ -37,7 +37,7 @@ impl EventLog for SimLog {
         }
     }
 
-    fn scan(&self, from: u64) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + '_> {
+    fn scan(&self, from: u64) -> RawRecords<'_> {
         match self {
             SimLog::Discard(_) => Box::new(std::iter::empty()),
             SimLog::Memory(log) => log.scan(from),

@@ -44,7 +44,14 @@ pub struct SimConfig {
 impl SimConfig {
     /// A run of `nodes` nodes for `duration_ms` with default node settings.
     pub fn new(seed: u64, nodes: usize, duration_ms: u64) -> SimConfig {
-        SimConfig { seed, nodes, duration_ms, join_spread_ms: None, node_config: Config::default(), keep_logs: Vec::new() }
+        SimConfig {
+            seed,
+            nodes,
+            duration_ms,
+            join_spread_ms: None,
+            node_config: Config::default(),
+            keep_logs: Vec::new(),
+        }
     }
 
     /// The command line that reproduces this run.
@@ -60,7 +67,9 @@ impl SimConfig {
 /// A failed run: what broke, where and when, and how to see it again.
 #[derive(Debug, Error)]
 pub enum SimError {
-    #[error("invariant violated: {message}\n  node {node} ({node_id}) at sim time {time_ms} ms\n  reproduce: {command}")]
+    #[error(
+        "invariant violated: {message}\n  node {node} ({node_id}) at sim time {time_ms} ms\n  reproduce: {command}"
+    )]
     Invariant { message: String, node: usize, node_id: NodeId, time_ms: u64, command: String },
     #[error("simulation exceeded {EVENTS_MAX} events; reproduce: {command}")]
     Runaway { command: String },
@@ -178,7 +187,15 @@ impl World {
             rng.fill_bytes(&mut secret);
             let addr = net::node_addr(index);
             by_addr.insert(addr, index);
-            nodes.push(SimNode { identity: Identity::from_secret_bytes(&secret), addr, place: Place::random(&mut rng), rng_seed: rng.next_u64(), journaled: None, timer: None, next_inbound: 0 });
+            nodes.push(SimNode {
+                identity: Identity::from_secret_bytes(&secret),
+                addr,
+                place: Place::random(&mut rng),
+                rng_seed: rng.next_u64(),
+                journaled: None,
+                timer: None,
+                next_inbound: 0,
+            });
         }
         let mut world = World {
             config,
@@ -256,13 +273,18 @@ impl World {
         config.listen_addr = self.nodes[n].addr;
         if n > 0 {
             let first = &self.nodes[0];
-            config.bootstrap_nodes = vec![BootstrapNode { node_id: first.identity.node_id(), address: first.addr, public_key: first.identity.public_key() }];
+            config.bootstrap_nodes = vec![BootstrapNode {
+                node_id: first.identity.node_id(),
+                address: first.addr,
+                public_key: first.identity.public_key(),
+            }];
         }
         let log = if self.config.keep_logs.contains(&n) { SimLog::Memory(MemLog::new()) } else { SimLog::Discard(0) };
         let node = &self.nodes[n];
         let now = self.time();
         let mut outputs = std::mem::take(&mut self.outputs);
-        let journaled = Journaled::create(log, config, node.identity.clone(), node.rng_seed, now, &mut outputs).map_err(|e| SimError::Storage { node: n, message: e.to_string() })?;
+        let journaled = Journaled::create(log, config, node.identity.clone(), node.rng_seed, now, &mut outputs)
+            .map_err(|e| SimError::Storage { node: n, message: e.to_string() })?;
         self.nodes[n].journaled = Some(journaled);
         self.after_step(n, outputs)
     }
@@ -279,16 +301,23 @@ impl World {
             self.outputs = outputs;
             return Ok(());
         };
-        journaled.handle(now, input, &mut outputs).map_err(|e| SimError::Storage { node: n, message: e.to_string() })?;
+        journaled
+            .handle(now, input, &mut outputs)
+            .map_err(|e| SimError::Storage { node: n, message: e.to_string() })?;
         self.after_step(n, outputs)
     }
 
     fn after_step(&mut self, n: usize, mut outputs: Vec<Output>) -> Result<(), SimError> {
-        if let Some(journaled) = self.nodes[n].journaled.as_ref() {
-            if let Err(message) = journaled.node().check_invariants() {
-                return Err(SimError::Invariant { message, node: n, node_id: self.nodes[n].identity.node_id(), time_ms: self.now_us / 1000, command: self.config.command() });
+        if let Some(journaled) = self.nodes[n].journaled.as_ref()
+            && let Err(message) = journaled.node().check_invariants() {
+                return Err(SimError::Invariant {
+                    message,
+                    node: n,
+                    node_id: self.nodes[n].identity.node_id(),
+                    time_ms: self.now_us / 1000,
+                    command: self.config.command(),
+                });
             }
-        }
         for output in outputs.drain(..) {
             self.apply(n, output);
         }
@@ -431,8 +460,15 @@ impl World {
 
     /// Established peers of every node, as indices.
     pub fn peer_graph(&self) -> Vec<Vec<usize>> {
-        let index: BTreeMap<NodeId, usize> = self.nodes.iter().enumerate().map(|(i, n)| (n.identity.node_id(), i)).collect();
-        (0..self.nodes.len()).map(|n| self.node(n).map(|node| node.peer_ids().iter().filter_map(|id| index.get(id).copied()).collect()).unwrap_or_default()).collect()
+        let index: BTreeMap<NodeId, usize> =
+            self.nodes.iter().enumerate().map(|(i, n)| (n.identity.node_id(), i)).collect();
+        (0..self.nodes.len())
+            .map(|n| {
+                self.node(n)
+                    .map(|node| node.peer_ids().iter().filter_map(|id| index.get(id).copied()).collect())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 
     /// The summary of the run so far.
@@ -457,7 +493,11 @@ impl World {
             ready_nodes: phases.iter().filter(|p| **p == Phase::Ready).count(),
             failed_nodes: phases.iter().filter(|p| **p == Phase::Failed).count(),
             peers_min: degrees.iter().copied().min().unwrap_or(0),
-            peers_avg: if degrees.is_empty() { 0.0 } else { (degrees.iter().sum::<usize>() as f64 / degrees.len() as f64 * 100.0).round() / 100.0 },
+            peers_avg: if degrees.is_empty() {
+                0.0
+            } else {
+                (degrees.iter().sum::<usize>() as f64 / degrees.len() as f64 * 100.0).round() / 100.0
+            },
             peers_max: degrees.iter().copied().max().unwrap_or(0),
             connected: is_connected(&graph),
             messages: self.messages,

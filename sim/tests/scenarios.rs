@@ -7,7 +7,16 @@ fn three_nodes_where_two_know_only_the_first_form_a_full_mesh() {
     let mut world = World::new(SimConfig { join_spread_ms: Some(100), ..SimConfig::new(1, 3, 5_000) });
     world.run().expect("no invariant breaks");
     let graph = world.peer_graph();
-    assert_eq!(graph, vec![vec![1, 2], vec![0, 2], vec![0, 1]].into_iter().map(|mut v: Vec<usize>| { v.sort_by_key(|i| world.node_id(*i)); v }).collect::<Vec<_>>());
+    assert_eq!(
+        graph,
+        vec![vec![1, 2], vec![0, 2], vec![0, 1]]
+            .into_iter()
+            .map(|mut v: Vec<usize>| {
+                v.sort_by_key(|i| world.node_id(*i));
+                v
+            })
+            .collect::<Vec<_>>()
+    );
     let summary = world.summary();
     assert_eq!(summary.ready_nodes, 3);
 }

@@ -43,7 +43,11 @@ pub struct Divergence {
 
 impl std::fmt::Display for Divergence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "checkpoint at record {} (after {} inputs): {} hash recorded {} but replay computed {}", self.seq, self.inputs, self.what, self.recorded, self.replayed)
+        write!(
+            f,
+            "checkpoint at record {} (after {} inputs): {} hash recorded {} but replay computed {}",
+            self.seq, self.inputs, self.what, self.recorded, self.replayed
+        )
     }
 }
 
@@ -86,7 +90,12 @@ pub type Observer<'a> = dyn FnMut(u64, &LogRecord, &[Output], &Node) + 'a;
 
 /// Runs `log` through a fresh node. Stops at the first divergent checkpoint, or after record
 /// `until`. Returns the node as it stands at the stop point.
-pub fn replay(log: &dyn EventLog, identity: &Identity, until: Option<u64>, observer: &mut Observer<'_>) -> Result<(ReplayReport, Option<Node>), ReplayError> {
+pub fn replay(
+    log: &dyn EventLog,
+    identity: &Identity,
+    until: Option<u64>,
+    observer: &mut Observer<'_>,
+) -> Result<(ReplayReport, Option<Node>), ReplayError> {
     let mut report = ReplayReport::default();
     let mut node: Option<Node> = None;
     let mut outputs = Vec::new();
@@ -148,8 +157,20 @@ fn compare(seq: u64, inputs: u64, node: &Node, state_hash: &[u8; 32], output_has
 
 impl<L: EventLog> Journaled<L> {
     /// Starts a new node on an empty log.
-    pub fn create(mut log: L, config: Config, identity: Identity, rng_seed: u64, now: Time, out: &mut Vec<Output>) -> Result<Journaled<L>, StorageError> {
-        log.append(&LogRecord::Genesis { node_id: identity.node_id(), config: Box::new(config.clone()), rng_seed, time: now })?;
+    pub fn create(
+        mut log: L,
+        config: Config,
+        identity: Identity,
+        rng_seed: u64,
+        now: Time,
+        out: &mut Vec<Output>,
+    ) -> Result<Journaled<L>, StorageError> {
+        log.append(&LogRecord::Genesis {
+            node_id: identity.node_id(),
+            config: Box::new(config.clone()),
+            rng_seed,
+            time: now,
+        })?;
         let mut node = Node::new(config, identity, rng_seed, now);
         out.extend(std::iter::from_fn(|| node.poll_output()));
         Ok(Journaled { node, log, since_checkpoint: 0 })
@@ -159,14 +180,22 @@ impl<L: EventLog> Journaled<L> {
     /// An empty log starts a new node instead.
     /// `clock` gets the time of the last replayed input (`None` for a new log) and returns the
     /// time of the restart, so a driver can keep its monotonic clock going forward.
-    pub fn open(log: L, config: Config, identity: Identity, rng_seed: u64, clock: impl FnOnce(Option<Time>) -> Time, out: &mut Vec<Output>) -> Result<(Journaled<L>, Recovery), ReplayError> {
+    pub fn open(
+        log: L,
+        config: Config,
+        identity: Identity,
+        rng_seed: u64,
+        clock: impl FnOnce(Option<Time>) -> Time,
+        out: &mut Vec<Output>,
+    ) -> Result<(Journaled<L>, Recovery), ReplayError> {
         if log.next_seq() == 0 {
             let now = clock(None);
             return Ok((Journaled::create(log, config, identity, rng_seed, now, out)?, Recovery::default()));
         }
         let (report, node) = replay(&log, &identity, None, &mut |_, _, _, _| {})?;
         let node = node.ok_or(LogError::NoGenesis)?;
-        let recovery = Recovery { records: report.records, checkpoints: report.checkpoints, divergence: report.divergence };
+        let recovery =
+            Recovery { records: report.records, checkpoints: report.checkpoints, divergence: report.divergence };
         let now = clock(Some(node.now()));
         let mut journaled = Journaled { node, log, since_checkpoint: 0 };
         journaled.handle(now, Input::Restart { config: Box::new(config), rng_seed }, out)?;
@@ -188,7 +217,11 @@ impl<L: EventLog> Journaled<L> {
     /// Records the node's state and output hashes now.
     pub fn checkpoint(&mut self) -> Result<(), StorageError> {
         self.since_checkpoint = 0;
-        let record = LogRecord::Checkpoint { state_hash: self.node.state_hash(), output_hash: self.node.output_hash(), outputs_total: self.node.outputs_total() };
+        let record = LogRecord::Checkpoint {
+            state_hash: self.node.state_hash(),
+            output_hash: self.node.output_hash(),
+            outputs_total: self.node.outputs_total(),
+        };
         self.log.append(&record).map(|_| ())
     }
 
@@ -221,7 +254,12 @@ mod tests {
 
     fn drive(j: &mut Journaled<MemLog>, out: &mut Vec<Output>) {
         for i in 0..5u64 {
-            j.handle(Time::new(1000 * i, i), Input::Incoming { conn: ConnId::inbound(i), addr: ([10, 0, 0, 1], 9).into() }, out).expect("handle");
+            j.handle(
+                Time::new(1000 * i, i),
+                Input::Incoming { conn: ConnId::inbound(i), addr: ([10, 0, 0, 1], 9).into() },
+                out,
+            )
+            .expect("handle");
         }
         j.handle(Time::new(20_000_000, 20), Input::Tick, out).expect("tick");
         j.checkpoint().expect("checkpoint");
@@ -232,7 +270,8 @@ mod tests {
         let identity = Identity::from_secret_bytes(&[1; 32]);
         let config = Config { checkpoint_interval_events: 2, ..Config::default() };
         let mut out = Vec::new();
-        let mut j = Journaled::create(MemLog::new(), config.clone(), identity.clone(), 5, Time::default(), &mut out).expect("create");
+        let mut j = Journaled::create(MemLog::new(), config.clone(), identity.clone(), 5, Time::default(), &mut out)
+            .expect("create");
         drive(&mut j, &mut out);
         let (report, _) = replay(j.log(), &identity, None, &mut |_, _, _, _| {}).expect("replays");
         assert_eq!((report.events, report.checkpoints, report.divergence), (6, 4, None));
@@ -241,7 +280,9 @@ mod tests {
         let mut tampered = MemLog::new();
         for (seq, record) in read_records(j.log()).map(|r| r.expect("decodes")) {
             let record = match record {
-                LogRecord::Input { time, input: Input::Incoming { conn, .. } } if seq == 2 => LogRecord::Input { time, input: Input::Incoming { conn, addr: ([10, 0, 0, 2], 9).into() } },
+                LogRecord::Input { time, input: Input::Incoming { conn, .. } } if seq == 2 => {
+                    LogRecord::Input { time, input: Input::Incoming { conn, addr: ([10, 0, 0, 2], 9).into() } }
+                }
                 other => other,
             };
             tampered.append(&record).expect("append");
@@ -251,10 +292,14 @@ mod tests {
 
         // Reopening continues the same node: the restart is an input like any other.
         let log = j.into_log();
-        let (reopened, recovery) = Journaled::open(log, config, identity.clone(), 6, |_| Time::new(30_000_000, 30), &mut out).expect("open");
+        let (reopened, recovery) =
+            Journaled::open(log, config, identity.clone(), 6, |_| Time::new(30_000_000, 30), &mut out).expect("open");
         assert_eq!(recovery.divergence, None);
         assert_eq!(reopened.node().status(Time::new(30_000_000, 30)).counters.restarts, 1);
         let other = Identity::from_secret_bytes(&[2; 32]);
-        assert!(matches!(replay(reopened.log(), &other, None, &mut |_, _, _, _| {}), Err(ReplayError::WrongKey { .. })));
+        assert!(matches!(
+            replay(reopened.log(), &other, None, &mut |_, _, _, _| {}),
+            Err(ReplayError::WrongKey { .. })
+        ));
     }
 }

@@ -31,7 +31,8 @@ pub fn load_or_create_key(path: &Path, secret: impl FnOnce() -> [u8; 32]) -> Res
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             let identity = Identity::from_secret_bytes(&secret());
             let text = format!("{KEY_HEADER}\n{}\n", hex::encode(&identity.secret_bytes()));
-            write_private(path, text.as_bytes(), false).map_err(|source| KeyError::Io { path: path.to_path_buf(), source })?;
+            write_private(path, text.as_bytes(), false)
+                .map_err(|source| KeyError::Io { path: path.to_path_buf(), source })?;
             Ok((identity, true))
         }
         Err(source) => Err(KeyError::Io { path: path.to_path_buf(), source }),
@@ -92,7 +93,10 @@ pub fn write_private(path: &Path, contents: &[u8], replace: bool) -> std::io::Re
     drop(file);
     if !replace && path.exists() {
         let _ = fs::remove_file(&tmp);
-        return Err(std::io::Error::new(std::io::ErrorKind::AlreadyExists, format!("{} already exists", path.display())));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} already exists", path.display()),
+        ));
     }
     fs::rename(&tmp, path)?;
     if let Ok(dir) = fs::File::open(dir) {

@@ -67,12 +67,16 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<LogRecord, LogError> {
     if format != LOG_FORMAT {
         return Err(undecodable(format!("unknown format byte {format}")));
     }
-    let (record, rest) = postcard::take_from_bytes::<LogRecord>(body).map_err(|e| undecodable(format!("{e} (truncated or corrupt)")))?;
+    let (record, rest) =
+        postcard::take_from_bytes::<LogRecord>(body).map_err(|e| undecodable(format!("{e} (truncated or corrupt)")))?;
     if !rest.is_empty() {
         return Err(undecodable(format!("{} trailing bytes", rest.len())));
     }
     Ok(record)
 }
+
+/// Raw `(seq, bytes)` records in order, as a log's `scan` yields them.
+pub type RawRecords<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + 'a>;
 
 /// An append-only log of encoded records.
 pub trait EventLog {
@@ -83,7 +87,7 @@ pub trait EventLog {
     /// The sequence number the next append gets.
     fn next_seq(&self) -> u64;
     /// Raw records from `from` on, in order.
-    fn scan(&self, from: u64) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + '_>;
+    fn scan(&self, from: u64) -> RawRecords<'_>;
 }
 
 /// Decodes records in order, checking that sequence numbers have no gaps.
@@ -153,7 +157,7 @@ impl EventLog for MemLog {
         self.records.len() as u64
     }
 
-    fn scan(&self, from: u64) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + '_> {
+    fn scan(&self, from: u64) -> RawRecords<'_> {
         Box::new(self.records.iter().enumerate().skip(from as usize).map(|(i, r)| Ok((i as u64, r.clone()))))
     }
 }
@@ -219,7 +223,7 @@ impl EventLog for FjallLog {
         self.next_seq
     }
 
-    fn scan(&self, from: u64) -> Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + '_> {
+    fn scan(&self, from: u64) -> RawRecords<'_> {
         Box::new(self.events.range(from.to_be_bytes()..).map(move |guard| {
             let (key, value) = guard.into_inner().map_err(|e| self.backend(e))?;
             let seq = seq_of(&key)?;
@@ -236,7 +240,10 @@ mod tests {
     fn records() -> Vec<LogRecord> {
         vec![
             LogRecord::Genesis { node_id: NodeId([1; 32]), config: Box::default(), rng_seed: 9, time: Time::new(1, 2) },
-            LogRecord::Input { time: Time::new(5, 6), input: Input::Received { conn: ConnId(3), bytes: vec![1, 2, 3] } },
+            LogRecord::Input {
+                time: Time::new(5, 6),
+                input: Input::Received { conn: ConnId(3), bytes: vec![1, 2, 3] },
+            },
             LogRecord::Checkpoint { state_hash: [7; 32], output_hash: [8; 32], outputs_total: 4 },
         ]
     }

@@ -1,0 +1,6 @@
+#![no_main]
+//! Fuzz target `handshake`; the body lives in `mynet_tests::fuzz::handshake` so its corpus also runs as a test.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| mynet_tests::fuzz::handshake(data));
