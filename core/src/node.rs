@@ -464,9 +464,10 @@ impl Node {
         }
         for (id, conn) in &self.state.conns {
             if let Some(e) = conn.established()
-                && (e.node_id == self.state.node_id || NodeId::from_public_key(&e.public_key) != e.node_id) {
-                    return Err(format!("{id} holds an unverified or self identity"));
-                }
+                && (e.node_id == self.state.node_id || NodeId::from_public_key(&e.public_key) != e.node_id)
+            {
+                return Err(format!("{id} holds an unverified or self identity"));
+            }
         }
         Ok(())
     }
@@ -567,9 +568,10 @@ impl Node {
         let mut best: Option<(Mono, TimerKind)> = None;
         let mut consider = |at: Option<Mono>, kind: TimerKind| {
             if let Some(at) = at
-                && best.is_none_or(|(b, _)| at < b) {
-                    best = Some((at, kind));
-                }
+                && best.is_none_or(|(b, _)| at < b)
+            {
+                best = Some((at, kind));
+            }
         };
         for (id, conn) in &self.state.conns {
             if conn.established().is_none() {
@@ -759,9 +761,10 @@ impl Node {
             return self.close(conn_id, CloseReason::Banned);
         }
         if let Some(keep_existing) = self.duplicate_of(conn_id, hello.node_id)
-            && keep_existing {
-                return self.close(conn_id, CloseReason::Duplicate);
-            }
+            && keep_existing
+        {
+            return self.close(conn_id, CloseReason::Duplicate);
+        }
         if role == Role::Initiator {
             let listen = self.advertised_addr();
             let cfg = &self.state.config;
@@ -1217,15 +1220,14 @@ impl Node {
         self.state.awaiting.remove(&conn_id);
         let peer = conn.peer_hint();
         let was_established = conn.established().is_some();
-        if !was_established
-            && let Some(expected) = conn.expect {
-                if conn.bootstrap {
-                    self.bootstrap_concluded(expected, conn.addr, false, reason.to_string());
-                }
-                if !matches!(reason, CloseReason::Restarted | CloseReason::Shutdown) {
-                    self.state.known.dial_failed(&expected, self.state.now.mono);
-                }
+        if !was_established && let Some(expected) = conn.expect {
+            if conn.bootstrap {
+                self.bootstrap_concluded(expected, conn.addr, false, reason.to_string());
             }
+            if !matches!(reason, CloseReason::Restarted | CloseReason::Shutdown) {
+                self.state.known.dial_failed(&expected, self.state.now.mono);
+            }
+        }
         let restarting = matches!(reason, CloseReason::Restarted);
         self.event(Event::ConnectionClosed { conn: conn_id, addr: conn.addr, peer, reason, by_us });
         if self.state.phase == Phase::PeerDiscovery

@@ -163,13 +163,14 @@ fn check_bounds(message: &Message) -> Result<(), WireError> {
             }
         }
         Message::NetworkInfo(info)
-            if (info.peers.len() > PEERS_PER_ANSWER_MAX || info.popular_content.len() > POPULAR_CONTENT_MAX) => {
-                return fail(format!(
-                    "network info with {} peers, {} content",
-                    info.peers.len(),
-                    info.popular_content.len()
-                ));
-            }
+            if (info.peers.len() > PEERS_PER_ANSWER_MAX || info.popular_content.len() > POPULAR_CONTENT_MAX) =>
+        {
+            return fail(format!(
+                "network info with {} peers, {} content",
+                info.peers.len(),
+                info.popular_content.len()
+            ));
+        }
         Message::DiscoverPeers { exclude, .. } if exclude.len() > EXCLUDE_MAX => {
             return fail(format!("exclude list of {}; at most {EXCLUDE_MAX}", exclude.len()));
         }

@@ -54,9 +54,10 @@ fn replay(dir: &DataDir, args: &ReplayArgs) -> Result<bool> {
     let (report, node) = mynet_storage::replay(&log, &identity, args.until, &mut observer)?;
     let elapsed = started.elapsed().as_secs_f64();
     if args.state
-        && let Some(node) = &node {
-            println!("{}", serde_json::to_string_pretty(&node.state_json())?);
-        }
+        && let Some(node) = &node
+    {
+        println!("{}", serde_json::to_string_pretty(&node.state_json())?);
+    }
     let summary = json!({
         "records": report.records,
         "events": report.events,

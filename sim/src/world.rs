@@ -309,15 +309,16 @@ impl World {
 
     fn after_step(&mut self, n: usize, mut outputs: Vec<Output>) -> Result<(), SimError> {
         if let Some(journaled) = self.nodes[n].journaled.as_ref()
-            && let Err(message) = journaled.node().check_invariants() {
-                return Err(SimError::Invariant {
-                    message,
-                    node: n,
-                    node_id: self.nodes[n].identity.node_id(),
-                    time_ms: self.now_us / 1000,
-                    command: self.config.command(),
-                });
-            }
+            && let Err(message) = journaled.node().check_invariants()
+        {
+            return Err(SimError::Invariant {
+                message,
+                node: n,
+                node_id: self.nodes[n].identity.node_id(),
+                time_ms: self.now_us / 1000,
+                command: self.config.command(),
+            });
+        }
         for output in outputs.drain(..) {
             self.apply(n, output);
         }

@@ -80,9 +80,10 @@ impl RunningNode {
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.try_status()
-                && pred(&status) {
-                    return status;
-                }
+                && pred(&status)
+            {
+                return status;
+            }
             if let Ok(Some(exit)) = self.child.try_wait() {
                 panic!("node exited with {exit} while waiting; log:\n{}", self.log_text());
             }
