@@ -1087,13 +1087,18 @@ impl Node {
             .state
             .conns
             .values()
-            .filter(|c| c.established().is_some() || c.direction == Direction::Outbound)
+            .filter(|c| !c.bootstrap && (c.established().is_some() || c.direction == Direction::Outbound))
             .count();
+        // Bootstrap links do not count: the target is met by other peers, and meeting it
+        // releases the bootstrap links (`release_bootstrap_links`).
         if active >= target {
             return;
         }
         let now = self.state.now.mono;
-        let connected: BTreeSet<NodeId> = self.state.conns.values().filter_map(Conn::peer_hint).collect();
+        // Bootstrap nodes are for joining, not regular peers: their inbound slots must stay
+        // free for newcomers (they are dialled by bootstrap rounds and when isolated).
+        let mut connected: BTreeSet<NodeId> = self.state.conns.values().filter_map(Conn::peer_hint).collect();
+        connected.extend(self.state.config.bootstrap_nodes.iter().map(|b| b.node_id));
         let self_id = self.state.node_id;
         let penalties = &self.state.penalties;
         let mut candidates = self.state.known.candidates(now, |id, _| {

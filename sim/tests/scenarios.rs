@@ -38,3 +38,24 @@ fn two_hundred_nodes_all_ready_and_connected() {
     assert!(summary.connected, "{summary:?}");
     assert!(summary.peers_min >= 8, "every node reaches its target of 8 peers: {summary:?}");
 }
+
+/// Regression (seed 1, 1000 nodes, 1 h once left 172 nodes failed): joining nodes counted their
+/// bootstrap link towards `target_peers`, dialled only 7 others, so never met the "8 others"
+/// rule that releases bootstrap links; the bootstrap node's 100 inbound slots filled and later
+/// nodes failed start-up.
+#[test]
+fn bootstrap_node_keeps_room_for_newcomers_during_a_fast_join() {
+    // Before the fix this run left 201 of 1000 nodes failed, with 100 inbound at the bootstrap node.
+    let mut world = World::new(SimConfig { join_spread_ms: Some(20_000), ..SimConfig::new(1, 1000, 200_000) });
+    let mut inbound_max = 0;
+    for second in 1..=60 {
+        world.run_until(second * 1_000_000).expect("no invariant breaks");
+        let (inbound, _, _) = world.node(0).expect("bootstrap node").connection_counts();
+        inbound_max = inbound_max.max(inbound);
+    }
+    assert!(inbound_max < 60, "bootstrap links were not released: {inbound_max} inbound at the bootstrap node");
+    world.run().expect("no invariant breaks");
+    let summary = world.summary();
+    assert_eq!((summary.ready_nodes, summary.failed_nodes), (1000, 0), "{summary:?}");
+    assert!(summary.connected && summary.peers_min >= 8, "{summary:?}");
+}
