@@ -159,6 +159,14 @@ config_schema! {
         ban_duration_ms: u64 = 600_000,
         /// Inputs between two state/output-hash checkpoints in the event log.
         checkpoint_interval_events: u64 = 1_000,
+        /// Inputs between two snapshots of the node's state.
+        snapshot_interval_events: u64 = 20_000,
+        /// Longest time between two snapshots while inputs arrive.
+        snapshot_interval_ms: u64 = 600_000,
+        /// Event log kept behind the latest snapshot, in bytes; older segments are cut.
+        log_retain_bytes: u64 = 256 * 1024 * 1024,
+        /// Age past which log segments behind a later snapshot are cut.
+        log_retain_ms: u64 = 7 * 24 * 3_600_000,
     }
 }
 
@@ -272,7 +280,7 @@ impl Config {
     }
 
     fn validate_limits(&self, src: &dyn Fn(&'static str) -> Source) -> Result<(), ConfigError> {
-        let ranges: [(&'static str, u64, u64, u64); 12] = [
+        let ranges: [(&'static str, u64, u64, u64); 16] = [
             ("max_outbound", u64::from(self.max_outbound), 1, 10_000),
             ("max_inbound", u64::from(self.max_inbound), 1, 10_000),
             ("max_per_ip", u64::from(self.max_per_ip), 1, 10_000),
@@ -285,6 +293,10 @@ impl Config {
             ("bootstrap_retry_ms", self.bootstrap_retry_ms, 10, 3_600_000),
             ("ban_duration_ms", self.ban_duration_ms, 0, 31_536_000_000),
             ("checkpoint_interval_events", self.checkpoint_interval_events, 1, 100_000_000),
+            ("snapshot_interval_events", self.snapshot_interval_events, 1, 1_000_000_000),
+            ("snapshot_interval_ms", self.snapshot_interval_ms, 1, 31_536_000_000),
+            ("log_retain_bytes", self.log_retain_bytes, 0, u64::MAX),
+            ("log_retain_ms", self.log_retain_ms, 0, u64::MAX),
         ];
         for (field, value, min, max) in ranges {
             if value < min || value > max {

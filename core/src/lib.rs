@@ -18,7 +18,9 @@ pub mod wire;
 pub use config::{Config, ConfigError, Layer, Source};
 pub use id::{ConnId, NodeId, PublicKey};
 pub use identity::{Identity, IdentityError};
-pub use node::{CloseReason, Direction, Event, Input, Node, NodeStatus, Output, PeerStatus, Phase, TimerKind};
+pub use node::{
+    CloseReason, Direction, Event, Input, Node, NodeStatus, Output, PeerStatus, Phase, SnapshotError, TimerKind,
+};
 pub use time::{Mono, Time};
 pub use wire::{Message, WireError};
 

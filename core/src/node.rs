@@ -366,12 +366,43 @@ struct State {
     counters: Counters,
 }
 
+/// Format byte of node snapshots.
+pub const SNAPSHOT_FORMAT: u8 = 1;
+
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    format: u8,
+    state: &'a State,
+    output_hash: [u8; 32],
+    outputs_total: u64,
+}
+
+#[derive(Deserialize)]
+struct Snapshot {
+    format: u8,
+    state: State,
+    output_hash: [u8; 32],
+    outputs_total: u64,
+}
+
+/// A snapshot that cannot be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("snapshot does not decode: {0}")]
+    Undecodable(String),
+    #[error("unknown snapshot format {0}")]
+    Format(u8),
+    #[error("snapshot belongs to node {snapshot}, the key is node {key}")]
+    WrongIdentity { snapshot: NodeId, key: NodeId },
+}
+
 /// A mynet node: a pure state machine.
 pub struct Node {
     identity: Identity,
     state: State,
     outputs: VecDeque<Output>,
-    output_hash: blake3::Hasher,
+    /// Chained hash of every output: `h' = BLAKE3(h || len || postcard(output))`.
+    output_hash: [u8; 32],
     outputs_total: u64,
 }
 
@@ -402,13 +433,17 @@ impl Node {
             next_discovery: None,
             counters: Counters::default(),
         };
-        let mut node =
-            Node { identity, state, outputs: VecDeque::new(), output_hash: blake3::Hasher::new(), outputs_total: 0 };
+        let mut node = Node { identity, state, outputs: VecDeque::new(), output_hash: [0; 32], outputs_total: 0 };
         node.start(now);
         node
     }
 
     // ---- getters ----
+
+    /// Our identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
 
     /// Our id.
     pub fn node_id(&self) -> NodeId {
@@ -513,9 +548,44 @@ impl Node {
         serde_json::to_value(&self.state).unwrap_or(serde_json::Value::Null)
     }
 
+    /// The whole node (state, RNG, output hash) as bytes, for a snapshot. Call with the output
+    /// queue drained, as drivers always leave it between inputs.
+    pub fn snapshot(&self) -> Vec<u8> {
+        assert!(self.outputs.is_empty(), "snapshot taken with undrained outputs");
+        let snapshot = SnapshotRef {
+            format: SNAPSHOT_FORMAT,
+            state: &self.state,
+            output_hash: self.output_hash,
+            outputs_total: self.outputs_total,
+        };
+        postcard::to_allocvec(&snapshot).expect("postcard encoding of state cannot fail")
+    }
+
+    /// A node restored from [`Node::snapshot`] bytes; the identity must be the snapshot's.
+    pub fn restore(identity: Identity, bytes: &[u8]) -> Result<Node, SnapshotError> {
+        let (snapshot, rest): (Snapshot, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(|e| SnapshotError::Undecodable(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(SnapshotError::Undecodable(format!("{} trailing bytes", rest.len())));
+        }
+        if snapshot.format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Format(snapshot.format));
+        }
+        if snapshot.state.node_id != identity.node_id() {
+            return Err(SnapshotError::WrongIdentity { snapshot: snapshot.state.node_id, key: identity.node_id() });
+        }
+        Ok(Node {
+            identity,
+            state: snapshot.state,
+            outputs: VecDeque::new(),
+            output_hash: snapshot.output_hash,
+            outputs_total: snapshot.outputs_total,
+        })
+    }
+
     /// Running hash of every output emitted so far.
     pub fn output_hash(&self) -> [u8; 32] {
-        *self.output_hash.clone().finalize().as_bytes()
+        self.output_hash
     }
 
     /// How many outputs were emitted so far.
@@ -554,8 +624,11 @@ impl Node {
     pub fn poll_output(&mut self) -> Option<Output> {
         let output = self.outputs.pop_front()?;
         let bytes = postcard::to_allocvec(&output).expect("postcard encoding of an output cannot fail");
-        self.output_hash.update(&(bytes.len() as u64).to_le_bytes());
-        self.output_hash.update(&bytes);
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.output_hash);
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+        self.output_hash = *hasher.finalize().as_bytes();
         self.outputs_total += 1;
         Some(output)
     }

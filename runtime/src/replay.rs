@@ -51,7 +51,8 @@ fn replay(dir: &DataDir, args: &ReplayArgs) -> Result<bool> {
             print_record(seq, record, outputs);
         }
     };
-    let (report, node) = mynet_storage::replay(&log, &identity, args.until, &mut observer)?;
+    let (report, node) =
+        mynet_storage::replay(&log, &identity, mynet_storage::Start::Earliest, args.until, &mut observer)?;
     let elapsed = started.elapsed().as_secs_f64();
     if args.state
         && let Some(node) = &node

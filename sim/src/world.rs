@@ -279,7 +279,11 @@ impl World {
                 public_key: first.identity.public_key(),
             }];
         }
-        let log = if self.config.keep_logs.contains(&n) { SimLog::Memory(MemLog::new()) } else { SimLog::Discard(0) };
+        let log = if self.config.keep_logs.contains(&n) {
+            SimLog::Memory(MemLog::new())
+        } else {
+            SimLog::Discard { next: 0 }
+        };
         let node = &self.nodes[n];
         let now = self.time();
         let mut outputs = std::mem::take(&mut self.outputs);

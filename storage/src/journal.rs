@@ -2,10 +2,10 @@
 //! `checkpoint_interval_events` inputs the log records the node's state and output hashes.
 //! Production and the simulator drive nodes through this type; replay reads what it wrote.
 
-use mynet_core::{Config, Identity, Input, Node, NodeId, Output, Time};
+use mynet_core::{Config, Identity, Input, Mono, Node, NodeId, Output, Time};
 use thiserror::Error;
 
-use crate::log::{EventLog, LogError, LogRecord, StorageError, read_records};
+use crate::log::{EventLog, LogError, LogRecord, SnapshotEntry, StorageError, encode_record, read_records_from};
 
 /// A node whose inputs are journaled.
 #[derive(Debug)]
@@ -13,6 +13,10 @@ pub struct Journaled<L: EventLog> {
     node: Node,
     log: L,
     since_checkpoint: u64,
+    since_snapshot: u64,
+    last_snapshot: Mono,
+    /// Bytes appended from genesis on (continues across snapshots and restarts).
+    log_bytes: u64,
 }
 
 /// What recovering from an existing log found.
@@ -22,6 +26,10 @@ pub struct Recovery {
     pub records: u64,
     /// Checkpoints that matched.
     pub checkpoints: u64,
+    /// The snapshot recovery started from, if any.
+    pub snapshot: Option<u64>,
+    /// A torn last record that was dropped, if any.
+    pub torn_tail: Option<u64>,
     /// The first checkpoint that did not match, if any (the build changed behaviour).
     pub divergence: Option<Divergence>,
 }
@@ -79,27 +87,40 @@ pub struct ReplayReport {
     pub restarts: u64,
     /// Outputs the replayed node emitted.
     pub outputs: u64,
+    /// The snapshot the replay started from (`None`: from genesis).
+    pub from_snapshot: Option<u64>,
     /// First checkpoint that differed; `None` means every checkpoint was reproduced.
     pub divergence: Option<Divergence>,
     /// Sequence number replay stopped after (the `until` point or the last record).
     pub stopped_at: Option<u64>,
 }
 
-/// Called for every record replayed, with the outputs it produced.
+/// Where a replay starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// As early as the log allows: genesis, or the snapshot where the cut log begins.
+    Earliest,
+    /// The newest snapshot (what a restart uses).
+    Latest,
+}
+
+/// Called for every record replayed, with the outputs it produced and the node after it.
 pub type Observer<'a> = dyn FnMut(u64, &LogRecord, &[Output], &Node) + 'a;
 
-/// Runs `log` through a fresh node. Stops at the first divergent checkpoint, or after record
-/// `until`. Returns the node as it stands at the stop point.
+/// Runs `log` through a node rebuilt from `start`. Stops at the first divergent checkpoint,
+/// or after record `until`. Returns the node as it stands at the stop point.
 pub fn replay(
     log: &dyn EventLog,
     identity: &Identity,
+    start: Start,
     until: Option<u64>,
     observer: &mut Observer<'_>,
 ) -> Result<(ReplayReport, Option<Node>), ReplayError> {
     let mut report = ReplayReport::default();
-    let mut node: Option<Node> = None;
+    let (mut node, from) = starting_node(log, identity, start)?;
+    report.from_snapshot = node.as_ref().map(|_| from);
     let mut outputs = Vec::new();
-    for item in read_records(log) {
+    for item in read_records_from(log, from) {
         let (seq, record) = item?;
         report.records += 1;
         outputs.clear();
@@ -113,14 +134,14 @@ pub fn replay(
                 node = Some(fresh);
             }
             LogRecord::Input { time, input } => {
-                let n = node.as_mut().ok_or(LogError::NoGenesis)?;
+                let n = node.as_mut().ok_or(LogError::NoGenesis(seq))?;
                 report.restarts += u64::from(matches!(input, Input::Restart { .. }));
                 n.handle(*time, input.clone());
                 outputs.extend(std::iter::from_fn(|| n.poll_output()));
                 report.events += 1;
             }
             LogRecord::Checkpoint { state_hash, output_hash, .. } => {
-                let n = node.as_ref().ok_or(LogError::NoGenesis)?;
+                let n = node.as_ref().ok_or(LogError::NoGenesis(seq))?;
                 match compare(seq, report.events, n, state_hash, output_hash) {
                     None => report.checkpoints += 1,
                     Some(divergence) => report.divergence = Some(divergence),
@@ -135,11 +156,34 @@ pub fn replay(
             break;
         }
     }
-    if report.records == 0 {
+    if report.records == 0 && node.is_none() {
         return Err(LogError::Empty.into());
     }
     report.outputs = node.as_ref().map_or(0, Node::outputs_total);
     Ok((report, node))
+}
+
+/// The node a replay starts from and the first record to apply to it.
+fn starting_node(log: &dyn EventLog, identity: &Identity, start: Start) -> Result<(Option<Node>, u64), ReplayError> {
+    let first = log.first_seq();
+    let seqs = log.snapshot_seqs()?;
+    let chosen = match start {
+        Start::Latest => seqs.iter().rev().find(|s| **s >= first && **s <= log.next_seq()).copied(),
+        Start::Earliest if first == 0 => None,
+        Start::Earliest => seqs.iter().find(|s| **s == first).copied(),
+    };
+    let Some(seq) = chosen else {
+        if first > 0 {
+            return Err(LogError::NoGenesis(first).into());
+        }
+        return Ok((None, 0));
+    };
+    let entry = log.snapshot(seq)?.ok_or(LogError::BadSnapshot { seq, reason: "missing".into() })?;
+    let node = Node::restore(identity.clone(), &entry.node).map_err(|e| match e {
+        mynet_core::SnapshotError::WrongIdentity { snapshot, key } => ReplayError::WrongKey { log: snapshot, key },
+        other => LogError::BadSnapshot { seq, reason: other.to_string() }.into(),
+    })?;
+    Ok((Some(node), seq))
 }
 
 fn compare(seq: u64, inputs: u64, node: &Node, state_hash: &[u8; 32], output_hash: &[u8; 32]) -> Option<Divergence> {
@@ -155,6 +199,25 @@ fn compare(seq: u64, inputs: u64, node: &Node, state_hash: &[u8; 32], output_has
     None
 }
 
+/// Replays the whole retained log from scratch and checks it ends in `node`'s state: the
+/// simulator's "a restarted node's state equals what its durable log implies".
+pub fn verify_against_log(log: &dyn EventLog, node: &Node) -> Result<(), String> {
+    let identity_check = node.node_id();
+    let (report, replayed) = replay_with_own_key(log, node)?;
+    if let Some(divergence) = report.divergence {
+        return Err(format!("log of {identity_check} diverges on replay: {divergence}"));
+    }
+    let replayed = replayed.ok_or("empty log")?;
+    if replayed.state_hash() != node.state_hash() {
+        return Err(format!("node {identity_check}: live state differs from the state its log implies"));
+    }
+    Ok(())
+}
+
+fn replay_with_own_key(log: &dyn EventLog, node: &Node) -> Result<(ReplayReport, Option<Node>), String> {
+    replay(log, node.identity(), Start::Earliest, None, &mut |_, _, _, _| {}).map_err(|e| e.to_string())
+}
+
 impl<L: EventLog> Journaled<L> {
     /// Starts a new node on an empty log.
     pub fn create(
@@ -165,23 +228,27 @@ impl<L: EventLog> Journaled<L> {
         now: Time,
         out: &mut Vec<Output>,
     ) -> Result<Journaled<L>, StorageError> {
-        log.append(&LogRecord::Genesis {
+        let genesis = encode_record(&LogRecord::Genesis {
             node_id: identity.node_id(),
             config: Box::new(config.clone()),
             rng_seed,
             time: now,
-        })?;
+        });
+        let log_bytes = genesis.len() as u64;
+        log.append_bytes(genesis)?;
         let mut node = Node::new(config, identity, rng_seed, now);
         out.extend(std::iter::from_fn(|| node.poll_output()));
-        Ok(Journaled { node, log, since_checkpoint: 0 })
+        Ok(Journaled { node, log, since_checkpoint: 0, since_snapshot: 0, last_snapshot: now.mono, log_bytes })
     }
 
-    /// Continues a node from its log: replays it, then records and handles a restart.
+    /// Continues a node from its log: restores the newest snapshot, replays the tail, then
+    /// records and handles a restart. A torn last record (a write cut by a crash) is dropped.
     /// An empty log starts a new node instead.
+    ///
     /// `clock` gets the time of the last replayed input (`None` for a new log) and returns the
     /// time of the restart, so a driver can keep its monotonic clock going forward.
     pub fn open(
-        log: L,
+        mut log: L,
         config: Config,
         identity: Identity,
         rng_seed: u64,
@@ -192,26 +259,57 @@ impl<L: EventLog> Journaled<L> {
             let now = clock(None);
             return Ok((Journaled::create(log, config, identity, rng_seed, now, out)?, Recovery::default()));
         }
-        let (report, node) = replay(&log, &identity, None, &mut |_, _, _, _| {})?;
-        let node = node.ok_or(LogError::NoGenesis)?;
-        let recovery =
-            Recovery { records: report.records, checkpoints: report.checkpoints, divergence: report.divergence };
+        let mut torn_tail = None;
+        let (report, node) = loop {
+            match replay(&log, &identity, Start::Latest, None, &mut |_, _, _, _| {}) {
+                Err(ReplayError::Storage(StorageError::Log(LogError::Undecodable { seq, .. })))
+                    if seq + 1 == log.next_seq() && torn_tail.is_none() =>
+                {
+                    log.truncate_from(seq)?;
+                    torn_tail = Some(seq);
+                }
+                other => break other?,
+            }
+        };
+        let node = node.ok_or(LogError::Empty)?;
+        let log_bytes = tail_bytes(&log, report.from_snapshot)?;
+        let recovery = Recovery {
+            records: report.records,
+            checkpoints: report.checkpoints,
+            snapshot: report.from_snapshot,
+            torn_tail,
+            divergence: report.divergence,
+        };
         let now = clock(Some(node.now()));
-        let mut journaled = Journaled { node, log, since_checkpoint: 0 };
+        let mut journaled =
+            Journaled { node, log, since_checkpoint: 0, since_snapshot: 0, last_snapshot: now.mono, log_bytes };
         journaled.handle(now, Input::Restart { config: Box::new(config), rng_seed }, out)?;
         Ok((journaled, recovery))
     }
 
     /// Appends `input` to the log, hands it to the node, and collects the outputs into `out`.
+    /// Checkpoints and snapshots follow the node's config.
     pub fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Output>) -> Result<(), StorageError> {
-        self.log.append(&LogRecord::Input { time: now, input: input.clone() })?;
+        self.append(&LogRecord::Input { time: now, input: input.clone() })?;
         self.node.handle(now, input);
         out.extend(std::iter::from_fn(|| self.node.poll_output()));
         self.since_checkpoint += 1;
-        if self.since_checkpoint >= self.node.config().checkpoint_interval_events {
+        self.since_snapshot += 1;
+        let config = self.node.config();
+        let snapshot_due = self.since_snapshot >= config.snapshot_interval_events
+            || now.mono.ms_since(self.last_snapshot) >= config.snapshot_interval_ms;
+        if snapshot_due {
+            self.snapshot(now)?;
+        } else if self.since_checkpoint >= config.checkpoint_interval_events {
             self.checkpoint()?;
         }
         Ok(())
+    }
+
+    fn append(&mut self, record: &LogRecord) -> Result<u64, StorageError> {
+        let bytes = encode_record(record);
+        self.log_bytes += bytes.len() as u64;
+        self.log.append_bytes(bytes)
     }
 
     /// Records the node's state and output hashes now.
@@ -222,7 +320,48 @@ impl<L: EventLog> Journaled<L> {
             output_hash: self.node.output_hash(),
             outputs_total: self.node.outputs_total(),
         };
-        self.log.append(&record).map(|_| ())
+        self.append(&record).map(|_| ())
+    }
+
+    /// Checkpoints, stores a snapshot after the checkpoint, syncs, and cuts log segments the
+    /// retention limits no longer keep.
+    pub fn snapshot(&mut self, now: Time) -> Result<(), StorageError> {
+        self.checkpoint()?;
+        let seq = self.log.next_seq();
+        let entry = SnapshotEntry { taken_at: now, log_bytes: self.log_bytes, node: self.node.snapshot() };
+        self.log.put_snapshot(seq, &entry)?;
+        self.log.sync()?;
+        self.since_snapshot = 0;
+        self.last_snapshot = now.mono;
+        self.apply_retention(now)
+    }
+
+    /// Cuts the oldest log segments (each ends at a snapshot) while the retained log is larger
+    /// than `log_retain_bytes` or the segment ended longer than `log_retain_ms` ago. The newest
+    /// snapshot and everything after it always stay.
+    fn apply_retention(&mut self, now: Time) -> Result<(), StorageError> {
+        let (max_bytes, max_age_ms) = (self.node.config().log_retain_bytes, self.node.config().log_retain_ms);
+        for seq in self.log.snapshot_seqs()? {
+            if seq <= self.log.first_seq() {
+                continue;
+            }
+            let Some(entry) = self.log.snapshot(seq)? else { continue };
+            let retained_bytes = self.log_bytes.saturating_sub(self.bytes_at_start()?);
+            let segment_expired = now.wall_ms.saturating_sub(entry.taken_at.wall_ms) > max_age_ms;
+            if retained_bytes <= max_bytes && !segment_expired {
+                break;
+            }
+            self.log.truncate_before(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Log bytes appended before the first retained record.
+    fn bytes_at_start(&self) -> Result<u64, StorageError> {
+        match self.log.first_seq() {
+            0 => Ok(0),
+            first => Ok(self.log.snapshot(first)?.map_or(0, |e| e.log_bytes)),
+        }
     }
 
     /// The node, for getters.
@@ -244,6 +383,19 @@ impl<L: EventLog> Journaled<L> {
     pub fn into_log(self) -> L {
         self.log
     }
+}
+
+/// Log bytes from genesis to the end, given the snapshot replay started from.
+fn tail_bytes(log: &dyn EventLog, from_snapshot: Option<u64>) -> Result<u64, StorageError> {
+    let (base, from) = match from_snapshot {
+        Some(seq) => (log.snapshot(seq)?.map_or(0, |e| e.log_bytes), seq),
+        None => (0, log.first_seq()),
+    };
+    let mut total = base;
+    for raw in log.scan(from) {
+        total += raw?.1.len() as u64;
+    }
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -273,12 +425,12 @@ mod tests {
         let mut j = Journaled::create(MemLog::new(), config.clone(), identity.clone(), 5, Time::default(), &mut out)
             .expect("create");
         drive(&mut j, &mut out);
-        let (report, _) = replay(j.log(), &identity, None, &mut |_, _, _, _| {}).expect("replays");
+        let (report, _) = replay(j.log(), &identity, Start::Earliest, None, &mut |_, _, _, _| {}).expect("replays");
         assert_eq!((report.events, report.checkpoints, report.divergence), (6, 4, None));
 
         // A log whose recorded inputs were changed no longer reproduces its checkpoints.
         let mut tampered = MemLog::new();
-        for (seq, record) in read_records(j.log()).map(|r| r.expect("decodes")) {
+        for (seq, record) in crate::log::read_records(j.log()).map(|r| r.expect("decodes")) {
             let record = match record {
                 LogRecord::Input { time, input: Input::Incoming { conn, .. } } if seq == 2 => {
                     LogRecord::Input { time, input: Input::Incoming { conn, addr: ([10, 0, 0, 2], 9).into() } }
@@ -287,7 +439,7 @@ mod tests {
             };
             tampered.append(&record).expect("append");
         }
-        let (report, _) = replay(&tampered, &identity, None, &mut |_, _, _, _| {}).expect("replays");
+        let (report, _) = replay(&tampered, &identity, Start::Earliest, None, &mut |_, _, _, _| {}).expect("replays");
         assert_eq!(report.divergence.expect("diverges").what, "state");
 
         // Reopening continues the same node: the restart is an input like any other.
@@ -298,8 +450,69 @@ mod tests {
         assert_eq!(reopened.node().status(Time::new(30_000_000, 30)).counters.restarts, 1);
         let other = Identity::from_secret_bytes(&[2; 32]);
         assert!(matches!(
-            replay(reopened.log(), &other, None, &mut |_, _, _, _| {}),
+            replay(reopened.log(), &other, Start::Earliest, None, &mut |_, _, _, _| {}),
             Err(ReplayError::WrongKey { .. })
         ));
+    }
+
+    #[test]
+    fn snapshots_cut_the_log_and_restarts_resume_from_them() {
+        let identity = Identity::from_secret_bytes(&[1; 32]);
+        let config = Config {
+            snapshot_interval_events: 3,
+            checkpoint_interval_events: 2,
+            log_retain_bytes: 0,
+            ..Config::default()
+        };
+        let mut out = Vec::new();
+        let mut j = Journaled::create(MemLog::new(), config.clone(), identity.clone(), 5, Time::default(), &mut out)
+            .expect("create");
+        drive(&mut j, &mut out);
+        let log = j.log();
+        assert!(log.first_seq() > 0, "retention 0 cuts everything behind the newest snapshot");
+        assert_eq!(log.snapshot_seqs().expect("seqs").first().copied(), Some(log.first_seq()));
+        verify_against_log(log, j.node()).expect("the cut log still implies the live state");
+        let (report, _) = replay(log, &identity, Start::Earliest, None, &mut |_, _, _, _| {}).expect("replays");
+        assert_eq!((report.from_snapshot, report.divergence), (Some(log.first_seq()), None));
+
+        let state_before = j.node().state_hash();
+        let log = j.into_log();
+        let mut restored = None;
+        let (reopened, recovery) = Journaled::open(
+            log,
+            config,
+            identity,
+            6,
+            |last| {
+                restored = last;
+                Time::new(40_000_000, 40)
+            },
+            &mut out,
+        )
+        .expect("open");
+        assert!(recovery.snapshot.is_some());
+        assert!(restored.is_some());
+        assert_ne!(reopened.node().state_hash(), state_before, "the restart is an input that changes state");
+        verify_against_log(reopened.log(), reopened.node()).expect("consistent after restart");
+    }
+
+    #[test]
+    fn a_torn_last_write_is_dropped_on_open() {
+        let identity = Identity::from_secret_bytes(&[1; 32]);
+        let config = Config::default();
+        let mut out = Vec::new();
+        let mut j = Journaled::create(MemLog::new(), config.clone(), identity.clone(), 5, Time::default(), &mut out)
+            .expect("create");
+        j.log_mut().sync().expect("sync");
+        drive(&mut j, &mut out);
+        let mut log = j.into_log();
+        let before = log.next_seq();
+        log.crash(3, true);
+        assert_eq!(log.next_seq(), 4, "genesis synced, three unsynced kept");
+        let (reopened, recovery) =
+            Journaled::open(log, config, identity, 6, |_| Time::new(50_000_000, 50), &mut out).expect("open");
+        assert_eq!(recovery.torn_tail, Some(3));
+        assert!(before > 4);
+        verify_against_log(reopened.log(), reopened.node()).expect("consistent after the crash");
     }
 }

@@ -8,7 +8,7 @@ pub mod journal;
 pub mod keyfile;
 pub mod log;
 
-pub use journal::{Divergence, Journaled, Recovery, ReplayError, ReplayReport, replay};
+pub use journal::{Divergence, Journaled, Recovery, ReplayError, ReplayReport, Start, replay, verify_against_log};
 pub use keyfile::{KeyError, load_or_create_key, write_private};
 pub use log::{
     EventLog, FjallLog, LogError, LogRecord, MemLog, StorageError, decode_record, encode_record, read_records,

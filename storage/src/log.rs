@@ -4,6 +4,7 @@
 //! postcard encoding of a [`LogRecord`]. Sequence numbers start at 0 and have no gaps; a reader
 //! reports the first position that is missing or does not decode.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use mynet_core::{Config, Input, NodeId, Time};
@@ -15,6 +16,7 @@ pub const LOG_FORMAT: u8 = 1;
 /// Largest record we write or read back (a received frame plus overhead).
 pub const RECORD_LEN_MAX: usize = 1 << 20;
 const KEYSPACE: &str = "events";
+const SNAPSHOTS: &str = "snapshots";
 
 /// One entry of the event log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +27,17 @@ pub enum LogRecord {
     Input { time: Time, input: Input },
     /// State and output hashes after every record before it was handled.
     Checkpoint { state_hash: [u8; 32], output_hash: [u8; 32], outputs_total: u64 },
+}
+
+/// A stored snapshot: the node's state after every record before `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotEntry {
+    /// When it was taken (the time of the last input it covers).
+    pub taken_at: Time,
+    /// Bytes appended to the log from genesis up to the snapshot (for retention by size).
+    pub log_bytes: u64,
+    /// `Node::snapshot` bytes.
+    pub node: Vec<u8>,
 }
 
 /// A storage failure.
@@ -47,8 +60,10 @@ pub enum LogError {
     BadKey { seq: u64, len: usize },
     #[error("event log is empty: no genesis record")]
     Empty,
-    #[error("event log record 0 is not a genesis record")]
-    NoGenesis,
+    #[error("event log record {0} should be a genesis record, or a snapshot should cover it")]
+    NoGenesis(u64),
+    #[error("snapshot at record {seq} cannot be used: {reason}")]
+    BadSnapshot { seq: u64, reason: String },
 }
 
 /// Encodes one record.
@@ -78,23 +93,56 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<LogRecord, LogError> {
 /// Raw `(seq, bytes)` records in order, as a log's `scan` yields them.
 pub type RawRecords<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + 'a>;
 
-/// An append-only log of encoded records.
+/// An append-only log of encoded records, with snapshots that let its head be cut.
 pub trait EventLog {
-    /// Appends one record and returns its sequence number. Durable only after [`EventLog::sync`].
-    fn append(&mut self, record: &LogRecord) -> Result<u64, StorageError>;
-    /// Makes everything appended so far durable.
+    /// Appends one encoded record and returns its sequence number. Durable only after `sync`.
+    fn append_bytes(&mut self, bytes: Vec<u8>) -> Result<u64, StorageError>;
+    /// Makes everything written so far durable.
     fn sync(&mut self) -> Result<(), StorageError>;
     /// The sequence number the next append gets.
     fn next_seq(&self) -> u64;
+    /// The oldest sequence number still stored (records before it were cut).
+    fn first_seq(&self) -> u64;
     /// Raw records from `from` on, in order.
     fn scan(&self, from: u64) -> RawRecords<'_>;
+    /// Stores a snapshot of the state after every record before `seq`.
+    fn put_snapshot(&mut self, seq: u64, entry: &SnapshotEntry) -> Result<(), StorageError>;
+    /// Sequence numbers of the stored snapshots, oldest first.
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StorageError>;
+    /// The snapshot at `seq`.
+    fn snapshot(&self, seq: u64) -> Result<Option<SnapshotEntry>, StorageError>;
+    /// Cuts records and snapshots before `seq`.
+    fn truncate_before(&mut self, seq: u64) -> Result<(), StorageError>;
+    /// Drops records from `seq` on (a torn tail) and snapshots after it.
+    fn truncate_from(&mut self, seq: u64) -> Result<(), StorageError>;
+
+    /// Appends one record.
+    fn append(&mut self, record: &LogRecord) -> Result<u64, StorageError> {
+        self.append_bytes(encode_record(record))
+    }
+}
+
+fn encode_snapshot(entry: &SnapshotEntry) -> Vec<u8> {
+    postcard::to_allocvec(entry).expect("postcard encoding of a snapshot cannot fail")
+}
+
+fn decode_snapshot(seq: u64, bytes: &[u8]) -> Result<SnapshotEntry, LogError> {
+    postcard::from_bytes(bytes).map_err(|e| LogError::BadSnapshot { seq, reason: e.to_string() })
 }
 
 /// Decodes records in order, checking that sequence numbers have no gaps.
 pub fn read_records(log: &dyn EventLog) -> impl Iterator<Item = Result<(u64, LogRecord), StorageError>> + '_ {
-    let mut expected = 0u64;
+    read_records_from(log, log.first_seq())
+}
+
+/// Like [`read_records`], from record `from` on.
+pub fn read_records_from(
+    log: &dyn EventLog,
+    from: u64,
+) -> impl Iterator<Item = Result<(u64, LogRecord), StorageError>> + '_ {
+    let mut expected = from;
     let mut failed = false;
-    log.scan(0).map_while(move |raw| {
+    log.scan(from).map_while(move |raw| {
         if failed {
             return None;
         }
@@ -110,12 +158,15 @@ pub fn read_records(log: &dyn EventLog) -> impl Iterator<Item = Result<(u64, Log
     })
 }
 
-/// The in-memory log the simulator uses. It knows which records were synced, so a simulated
-/// crash can drop what was not.
+/// The in-memory log the simulator uses. It knows what was synced, so a simulated crash can
+/// drop what was not and tear the last write.
 #[derive(Clone, Debug, Default)]
 pub struct MemLog {
-    records: Vec<Vec<u8>>,
+    first: u64,
+    records: VecDeque<Vec<u8>>,
     synced: usize,
+    snapshots: BTreeMap<u64, (Vec<u8>, bool)>,
+    bytes: usize,
 }
 
 impl MemLog {
@@ -129,36 +180,93 @@ impl MemLog {
         self.records.len() - self.synced
     }
 
-    /// Simulates a crash: keeps the synced records and the first `keep_unsynced` of the rest.
-    pub fn crash(&mut self, keep_unsynced: usize) {
+    /// Simulates a crash: keeps the synced records and the first `keep_unsynced` of the rest;
+    /// with `tear`, the last kept unsynced record loses its second half. Unsynced snapshots
+    /// are lost.
+    pub fn crash(&mut self, keep_unsynced: usize, tear: bool) {
         let keep = (self.synced + keep_unsynced).min(self.records.len());
-        self.records.truncate(keep);
-        self.synced = keep;
+        while self.records.len() > keep {
+            if let Some(record) = self.records.pop_back() {
+                self.bytes -= record.len();
+            }
+        }
+        if tear && keep > self.synced {
+            if let Some(last) = self.records.back_mut() {
+                let half = last.len() / 2;
+                self.bytes -= last.len() - half;
+                last.truncate(half);
+            }
+        }
+        self.synced = self.records.len();
+        self.snapshots.retain(|_, (_, durable)| *durable);
     }
 
-    /// Total bytes held.
+    /// Total bytes held (records and snapshots).
     pub fn bytes(&self) -> usize {
-        self.records.iter().map(Vec::len).sum()
+        self.bytes + self.snapshots.values().map(|(s, _)| s.len()).sum::<usize>()
     }
 }
 
 impl EventLog for MemLog {
-    fn append(&mut self, record: &LogRecord) -> Result<u64, StorageError> {
-        self.records.push(encode_record(record));
-        Ok(self.records.len() as u64 - 1)
+    fn append_bytes(&mut self, bytes: Vec<u8>) -> Result<u64, StorageError> {
+        self.bytes += bytes.len();
+        self.records.push_back(bytes);
+        Ok(self.next_seq() - 1)
     }
 
     fn sync(&mut self) -> Result<(), StorageError> {
         self.synced = self.records.len();
+        self.snapshots.values_mut().for_each(|(_, durable)| *durable = true);
         Ok(())
     }
 
     fn next_seq(&self) -> u64 {
-        self.records.len() as u64
+        self.first + self.records.len() as u64
+    }
+
+    fn first_seq(&self) -> u64 {
+        self.first
     }
 
     fn scan(&self, from: u64) -> RawRecords<'_> {
-        Box::new(self.records.iter().enumerate().skip(from as usize).map(|(i, r)| Ok((i as u64, r.clone()))))
+        let skip = from.saturating_sub(self.first) as usize;
+        let first = self.first;
+        Box::new(self.records.iter().enumerate().skip(skip).map(move |(i, r)| Ok((first + i as u64, r.clone()))))
+    }
+
+    fn put_snapshot(&mut self, seq: u64, entry: &SnapshotEntry) -> Result<(), StorageError> {
+        self.snapshots.insert(seq, (encode_snapshot(entry), false));
+        Ok(())
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StorageError> {
+        Ok(self.snapshots.keys().copied().collect())
+    }
+
+    fn snapshot(&self, seq: u64) -> Result<Option<SnapshotEntry>, StorageError> {
+        self.snapshots.get(&seq).map(|(bytes, _)| decode_snapshot(seq, bytes).map_err(StorageError::from)).transpose()
+    }
+
+    fn truncate_before(&mut self, seq: u64) -> Result<(), StorageError> {
+        while self.first < seq {
+            let Some(record) = self.records.pop_front() else { break };
+            self.bytes -= record.len();
+            self.first += 1;
+            self.synced = self.synced.saturating_sub(1);
+        }
+        self.snapshots.retain(|s, _| *s >= seq);
+        Ok(())
+    }
+
+    fn truncate_from(&mut self, seq: u64) -> Result<(), StorageError> {
+        while self.next_seq() > seq.max(self.first) {
+            if let Some(record) = self.records.pop_back() {
+                self.bytes -= record.len();
+            }
+        }
+        self.synced = self.synced.min(self.records.len());
+        self.snapshots.retain(|s, _| *s <= seq);
+        Ok(())
     }
 }
 
@@ -167,6 +275,8 @@ pub struct FjallLog {
     path: PathBuf,
     db: fjall::Database,
     events: fjall::Keyspace,
+    snapshots: fjall::Keyspace,
+    first_seq: u64,
     next_seq: u64,
 }
 
@@ -182,14 +292,20 @@ impl FjallLog {
         let backend = |e: fjall::Error| StorageError::Backend { path: path.to_path_buf(), message: e.to_string() };
         let db = fjall::Database::builder(path).open().map_err(backend)?;
         let events = db.keyspace(KEYSPACE, fjall::KeyspaceCreateOptions::default).map_err(backend)?;
-        let next_seq = match events.last_key_value() {
-            None => 0,
-            Some(guard) => {
-                let key = guard.key().map_err(backend)?;
-                seq_of(&key)?.saturating_add(1)
+        let snapshots = db.keyspace(SNAPSHOTS, fjall::KeyspaceCreateOptions::default).map_err(backend)?;
+        let key_of = |guard: Option<fjall::Guard>| -> Result<Option<u64>, StorageError> {
+            match guard {
+                None => Ok(None),
+                Some(guard) => Ok(Some(seq_of(&guard.key().map_err(backend)?)?)),
             }
         };
-        Ok(FjallLog { path: path.to_path_buf(), db, events, next_seq })
+        let last = key_of(events.last_key_value())?;
+        let first = key_of(events.first_key_value())?;
+        // With every record cut, the log resumes after the newest snapshot.
+        let resume = key_of(snapshots.last_key_value())?.unwrap_or(0);
+        let next_seq = last.map_or(resume, |l| l + 1);
+        let first_seq = first.unwrap_or(next_seq);
+        Ok(FjallLog { path: path.to_path_buf(), db, events, snapshots, first_seq, next_seq })
     }
 
     fn backend(&self, e: fjall::Error) -> StorageError {
@@ -208,9 +324,9 @@ fn seq_of(key: &[u8]) -> Result<u64, LogError> {
 }
 
 impl EventLog for FjallLog {
-    fn append(&mut self, record: &LogRecord) -> Result<u64, StorageError> {
+    fn append_bytes(&mut self, bytes: Vec<u8>) -> Result<u64, StorageError> {
         let seq = self.next_seq;
-        self.events.insert(seq.to_be_bytes(), encode_record(record)).map_err(|e| self.backend(e))?;
+        self.events.insert(seq.to_be_bytes(), bytes).map_err(|e| self.backend(e))?;
         self.next_seq += 1;
         Ok(seq)
     }
@@ -223,12 +339,60 @@ impl EventLog for FjallLog {
         self.next_seq
     }
 
+    fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
     fn scan(&self, from: u64) -> RawRecords<'_> {
         Box::new(self.events.range(from.to_be_bytes()..).map(move |guard| {
             let (key, value) = guard.into_inner().map_err(|e| self.backend(e))?;
             let seq = seq_of(&key)?;
             Ok((seq, value.to_vec()))
         }))
+    }
+
+    fn put_snapshot(&mut self, seq: u64, entry: &SnapshotEntry) -> Result<(), StorageError> {
+        self.snapshots.insert(seq.to_be_bytes(), encode_snapshot(entry)).map_err(|e| self.backend(e))
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<u64>, StorageError> {
+        let mut seqs = Vec::new();
+        for guard in self.snapshots.iter() {
+            let key = guard.key().map_err(|e| self.backend(e))?;
+            seqs.push(seq_of(&key)?);
+        }
+        Ok(seqs)
+    }
+
+    fn snapshot(&self, seq: u64) -> Result<Option<SnapshotEntry>, StorageError> {
+        match self.snapshots.get(seq.to_be_bytes()).map_err(|e| self.backend(e))? {
+            Some(bytes) => Ok(Some(decode_snapshot(seq, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn truncate_before(&mut self, seq: u64) -> Result<(), StorageError> {
+        let doomed: Vec<u64> = self.snapshot_seqs()?.into_iter().filter(|s| *s < seq).collect();
+        for s in doomed {
+            self.snapshots.remove(s.to_be_bytes()).map_err(|e| self.backend(e))?;
+        }
+        while self.first_seq < seq.min(self.next_seq) {
+            self.events.remove(self.first_seq.to_be_bytes()).map_err(|e| self.backend(e))?;
+            self.first_seq += 1;
+        }
+        Ok(())
+    }
+
+    fn truncate_from(&mut self, seq: u64) -> Result<(), StorageError> {
+        let doomed: Vec<u64> = self.snapshot_seqs()?.into_iter().filter(|s| *s > seq).collect();
+        for s in doomed {
+            self.snapshots.remove(s.to_be_bytes()).map_err(|e| self.backend(e))?;
+        }
+        while self.next_seq > seq.max(self.first_seq) {
+            self.next_seq -= 1;
+            self.events.remove(self.next_seq.to_be_bytes()).map_err(|e| self.backend(e))?;
+        }
+        Ok(())
     }
 }
 
@@ -262,9 +426,18 @@ mod tests {
         round_trip(&mut MemLog::new());
         let dir = tempfile::tempdir().expect("tempdir");
         round_trip(&mut FjallLog::open(dir.path()).expect("open"));
-        let reopened = FjallLog::open(dir.path()).expect("reopen");
+        let mut reopened = FjallLog::open(dir.path()).expect("reopen");
         assert_eq!(reopened.next_seq(), 3);
         assert_eq!(read_records(&reopened).count(), 3);
+        let entry = SnapshotEntry { taken_at: Time::new(1, 1), log_bytes: 10, node: vec![1, 2, 3] };
+        reopened.put_snapshot(2, &entry).expect("snapshot");
+        reopened.truncate_before(2).expect("cut");
+        reopened.sync().expect("sync");
+        drop(reopened);
+        let cut = FjallLog::open(dir.path()).expect("reopen after cut");
+        assert_eq!((cut.first_seq(), cut.next_seq()), (2, 3));
+        assert_eq!(cut.snapshot(2).expect("read"), Some(entry));
+        assert_eq!(read_records(&cut).count(), 1);
     }
 
     #[test]
@@ -275,7 +448,7 @@ mod tests {
         log.sync().expect("sync");
         log.append(&all[1]).expect("append");
         log.append(&all[2]).expect("append");
-        log.crash(1);
+        log.crash(1, false);
         assert_eq!(log.next_seq(), 2);
     }
 

@@ -2,7 +2,7 @@
 
 use mynet_sim::SimConfig;
 use mynet_storage::log::EventLog;
-use mynet_storage::{FjallLog, read_records, replay};
+use mynet_storage::{FjallLog, Start, read_records, replay};
 use mynet_tests::run_world;
 
 #[test]
@@ -13,7 +13,8 @@ fn simulated_logs_replay_to_the_same_checkpoints() {
     let world = run_world(config);
     for node in [0, 7] {
         let log = world.memory_log(node).expect("kept");
-        let (report, replayed) = replay(log, world.identity(node), None, &mut |_, _, _, _| {}).expect("replays");
+        let (report, replayed) =
+            replay(log, world.identity(node), Start::Earliest, None, &mut |_, _, _, _| {}).expect("replays");
         assert_eq!(report.divergence, None);
         assert!(report.checkpoints >= 2, "node {node}: {report:?}");
         let replayed = replayed.expect("node");
@@ -34,10 +35,11 @@ fn a_log_copied_into_fjall_replays_and_stopping_early_works() {
         log.append(&item.expect("decodes").1).expect("append");
     }
     log.sync().expect("sync");
-    let (full, _) = replay(&log, world.identity(3), None, &mut |_, _, _, _| {}).expect("replays");
+    let (full, _) = replay(&log, world.identity(3), Start::Earliest, None, &mut |_, _, _, _| {}).expect("replays");
     assert_eq!(full.divergence, None);
     let mut seen = 0;
-    let (partial, _) = replay(&log, world.identity(3), Some(5), &mut |_, _, _, _| seen += 1).expect("replays");
+    let (partial, _) =
+        replay(&log, world.identity(3), Start::Earliest, Some(5), &mut |_, _, _, _| seen += 1).expect("replays");
     assert_eq!(partial.stopped_at, Some(5));
     assert_eq!(seen, 6);
 }
