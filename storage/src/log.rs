@@ -190,12 +190,13 @@ impl MemLog {
                 self.bytes -= record.len();
             }
         }
-        if tear && keep > self.synced {
-            if let Some(last) = self.records.back_mut() {
-                let half = last.len() / 2;
-                self.bytes -= last.len() - half;
-                last.truncate(half);
-            }
+        if tear
+            && keep > self.synced
+            && let Some(last) = self.records.back_mut()
+        {
+            let half = last.len() / 2;
+            self.bytes -= last.len() - half;
+            last.truncate(half);
         }
         self.synced = self.records.len();
         self.snapshots.retain(|_, (_, durable)| *durable);
