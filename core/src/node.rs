@@ -27,6 +27,8 @@ pub const OUTPUTS_QUEUED_MAX: usize = 1 << 20;
 const POINTS_VIOLATION: u32 = 50;
 /// Misbehaviour points for a failed handshake or a bad frame before one.
 const POINTS_HANDSHAKE: u32 = 20;
+/// Requests one peer may owe us at once; answers nobody asked for are violations.
+const REQUESTS_PENDING_MAX: u8 = 2;
 /// Peers asked per discovery round.
 const DISCOVERY_FANOUT: usize = 2;
 
@@ -133,6 +135,7 @@ pub enum CloseReason {
     Protocol(String),
     UnexpectedIdentity { expected: NodeId, got: NodeId },
     Duplicate,
+    Unresponsive,
     InboundLimit { max: u32 },
     PerIpLimit { ip: IpAddr, max: u32 },
     Banned,
@@ -154,6 +157,7 @@ impl fmt::Display for CloseReason {
                 write!(f, "expected node {expected} but {got} answered")
             }
             CloseReason::Duplicate => f.write_str("duplicate connection to a peer we already have"),
+            CloseReason::Unresponsive => f.write_str("peer did not answer a request in time"),
             CloseReason::InboundLimit { max } => write!(f, "inbound connection limit {max} reached"),
             CloseReason::PerIpLimit { ip, max } => write!(f, "per-IP connection limit {max} reached for {ip}"),
             CloseReason::Banned => f.write_str("peer is blacklisted"),
@@ -189,7 +193,7 @@ pub enum Event {
     BootstrapFailed { node_id: NodeId, addr: SocketAddr, reason: String },
     BootstrapRetry { round: u32, of: u32 },
     StartupFailed { phase: Phase, reason: String },
-    PeerConnected { node_id: NodeId, addr: SocketAddr, direction: Direction },
+    PeerConnected { conn: ConnId, node_id: NodeId, addr: SocketAddr, direction: Direction },
     ConnectionClosed { conn: ConnId, addr: SocketAddr, peer: Option<NodeId>, reason: CloseReason, by_us: bool },
     NetworkInfoReceived { from: NodeId, peers: u32, stats: NetworkStats, popular_content: u32 },
     PeersLearned { from: NodeId, received: u32, new: u32 },
@@ -210,7 +214,7 @@ impl fmt::Display for Event {
                 write!(f, "no bootstrap node reachable; retrying (round {round} of {of})")
             }
             Event::StartupFailed { phase, reason } => write!(f, "start-up failed in phase {phase}: {reason}"),
-            Event::PeerConnected { node_id, addr, direction } => {
+            Event::PeerConnected { node_id, addr, direction, .. } => {
                 write!(f, "peer {node_id} connected ({direction}, {addr})")
             }
             Event::ConnectionClosed { conn, addr, peer, reason, by_us } => {
@@ -242,6 +246,7 @@ impl fmt::Display for Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TimerKind {
     Handshake(ConnId),
+    Request(ConnId),
     BootstrapRetry,
     DiscoveryDeadline,
     Discovery,
@@ -314,8 +319,11 @@ struct Conn {
     direction: Direction,
     addr: SocketAddr,
     state: ConnState,
-    /// When the handshake must have completed.
+    /// When the handshake must have completed; once established, when the oldest
+    /// outstanding request must be answered.
     deadline: Mono,
+    /// Requests sent on this connection and not answered yet (at most `REQUESTS_PENDING_MAX`).
+    requests_pending: u8,
     /// The identity we dialled, if we dialled a known node.
     expect: Option<NodeId>,
     bootstrap: bool,
@@ -649,6 +657,8 @@ impl Node {
         for (id, conn) in &self.state.conns {
             if conn.established().is_none() {
                 consider(Some(conn.deadline), TimerKind::Handshake(*id));
+            } else if conn.requests_pending > 0 {
+                consider(Some(conn.deadline), TimerKind::Request(*id));
             }
         }
         consider(self.state.bootstrap.retry_at, TimerKind::BootstrapRetry);
@@ -737,6 +747,16 @@ impl Node {
             .collect();
         for conn in expired {
             self.close(conn, CloseReason::HandshakeTimeout);
+        }
+        let unanswered: Vec<ConnId> = self
+            .state
+            .conns
+            .iter()
+            .filter(|(_, c)| c.established().is_some() && c.requests_pending > 0 && c.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for conn in unanswered {
+            self.close(conn, CloseReason::Unresponsive);
         }
         if self.state.bootstrap.retry_at.is_some_and(|at| at <= now) {
             self.state.bootstrap.retry_at = None;
@@ -892,7 +912,7 @@ impl Node {
         let (direction, addr, bootstrap) = (conn.direction, conn.addr, conn.bootstrap);
         self.state.counters.handshakes_ok += 1;
         self.state.known.verified(hello.node_id, hello.public_key, listen_addr, now);
-        self.event(Event::PeerConnected { node_id: hello.node_id, addr, direction });
+        self.event(Event::PeerConnected { conn: conn_id, node_id: hello.node_id, addr, direction });
         if direction == Direction::Outbound {
             let max_peers = PEERS_PER_ANSWER_MAX as u16;
             let exclude = self.peer_ids();
@@ -929,6 +949,8 @@ impl Node {
                 let peers = self.sample_for(peer, usize::from(max_peers).min(PEERS_PER_ANSWER_MAX), &exclude);
                 self.send(conn_id, &Message::Peers(peers));
             }
+            Message::NetworkInfo(_) | Message::Peers(_) if !self.answer_expected(conn_id) => self
+                .misbehaved(conn_id, CloseReason::Protocol(format!("unsolicited {} message", message_name(&message)))),
             Message::NetworkInfo(info) => {
                 let event = Event::NetworkInfoReceived {
                     from: peer,
@@ -1243,6 +1265,7 @@ impl Node {
                 addr,
                 state: ConnState::Opening,
                 deadline,
+                requests_pending: 0,
                 expect,
                 bootstrap,
                 frames: FrameBuffer::default(),
@@ -1324,11 +1347,35 @@ impl Node {
         (addr.port() != 0).then_some(addr)
     }
 
-    fn request(&mut self, conn: ConnId, message: Message) {
-        if self.state.phase == Phase::PeerDiscovery {
-            self.state.awaiting.insert(conn);
+    /// Sends a request that the peer must answer within `handshake_timeout_ms`; skipped if
+    /// the peer already owes `REQUESTS_PENDING_MAX` answers.
+    fn request(&mut self, conn_id: ConnId, message: Message) {
+        let deadline = self.state.now.mono.plus_ms(self.state.config.handshake_timeout_ms);
+        let Some(conn) = self.state.conns.get_mut(&conn_id) else { return };
+        if conn.requests_pending >= REQUESTS_PENDING_MAX {
+            return;
         }
-        self.send(conn, &message);
+        if conn.requests_pending == 0 {
+            conn.deadline = deadline;
+        }
+        conn.requests_pending += 1;
+        if self.state.phase == Phase::PeerDiscovery {
+            self.state.awaiting.insert(conn_id);
+        }
+        self.send(conn_id, &message);
+    }
+
+    /// Accounts for an answer on `conn_id`; false if none was owed.
+    fn answer_expected(&mut self, conn_id: ConnId) -> bool {
+        let deadline = self.state.now.mono.plus_ms(self.state.config.handshake_timeout_ms);
+        let Some(conn) = self.state.conns.get_mut(&conn_id) else { return false };
+        if conn.requests_pending == 0 {
+            return false;
+        }
+        conn.requests_pending -= 1;
+        // The next answer, if one is owed, gets a fresh allowance.
+        conn.deadline = deadline;
+        true
     }
 
     fn send(&mut self, conn: ConnId, message: &Message) {

@@ -19,7 +19,7 @@ pub const OFFENDERS_MAX: usize = 4096;
 /// Dial failures after which an unverified peer is forgotten.
 pub const UNVERIFIED_FAILURES_MAX: u32 = 3;
 /// Longest pause between two dials of one peer.
-pub const REDIAL_BACKOFF_MS_MAX: u64 = 600_000;
+pub const REDIAL_BACKOFF_MS_MAX: u64 = 120_000;
 
 /// A peer we have heard of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -59,15 +59,25 @@ struct SimArgs {
     /// Seed of everything random in the run.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Number of nodes.
+    /// Number of honest nodes.
     #[arg(long, default_value_t = 100)]
     nodes: usize,
     /// Simulated duration: 500ms, 90s, 10m, 1h.
     #[arg(long, default_value = "10m", value_parser = parse_duration_ms)]
     duration: u64,
+    /// Fault profile: none, swarm (drawn from the seed), network, partition, crash, clock,
+    /// byzantine, all.
+    #[arg(long, default_value = "none")]
+    faults: String,
     /// Keep node NODE's event log and write it to DIR (a data dir `mynet replay` reads).
     #[arg(long, num_args = 2, value_names = ["NODE", "DIR"])]
     dump_log: Option<Vec<String>>,
+    /// If the run fails at a node, write that node's event log to DIR.
+    #[arg(long, value_name = "DIR")]
+    dump_on_failure: Option<PathBuf>,
+    /// Run twice and compare event by event; report the first event where the runs differ.
+    #[arg(long)]
+    check_determinism: bool,
 }
 
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
@@ -179,10 +189,13 @@ fn print_peers(status: &serde_json::Value) {
 }
 
 fn sim(args: SimArgs) -> Result<()> {
-    let mut config = mynet_sim::SimConfig::new(args.seed, args.nodes, args.duration);
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    let config = mynet_sim::SimConfig::new(args.seed, args.nodes, args.duration);
+    let Some(mut config) = config.with_faults(&args.faults) else {
+        bail!("unknown fault profile {:?}; choose one of {}", args.faults, mynet_sim::faults::PROFILE_NAMES.join(", "));
+    };
     let dump = match &args.dump_log {
         Some(pair) => {
             let node: usize =
@@ -195,6 +208,12 @@ fn sim(args: SimArgs) -> Result<()> {
         }
         None => None,
     };
+    if args.dump_on_failure.is_some() {
+        config.keep_logs = (0..args.nodes).collect();
+    }
+    if args.check_determinism {
+        return check_determinism(config);
+    }
     let command = config.command();
     let mut world = mynet_sim::World::new(config);
     let outcome = world.run();
@@ -207,9 +226,51 @@ fn sim(args: SimArgs) -> Result<()> {
         );
     }
     if let Err(err) = outcome {
+        if let (Some(dir), Some(node)) = (&args.dump_on_failure, err.node()) {
+            replay::dump_sim_log(&world, node, dir)?;
+            eprintln!(
+                "wrote the failing node {node}'s event log to {}; inspect it with: mynet replay --data-dir {} --events",
+                dir.display(),
+                dir.display()
+            );
+        }
         println!("{}", json!({ "error": err.to_string(), "reproduce": command, "summary": world.summary() }));
         bail!("{err}");
     }
     println!("{}", serde_json::to_string(&world.summary())?);
+    Ok(())
+}
+
+/// Runs the same configuration twice, recording every event, and compares.
+fn check_determinism(mut config: mynet_sim::SimConfig) -> Result<()> {
+    config.record_trace = true;
+    let command = config.command();
+    let run = |config: mynet_sim::SimConfig| {
+        let mut world = mynet_sim::World::new(config);
+        let outcome = world.run().map_err(|e| e.to_string());
+        (world, outcome)
+    };
+    let (a, outcome_a) = run(config.clone());
+    let (b, outcome_b) = run(config);
+    let (sa, sb) = (a.summary(), b.summary());
+    if let Some(i) = mynet_sim::first_divergence(a.trace_events(), b.trace_events()) {
+        let show = |w: &mynet_sim::World| w.trace_events().get(i).map_or("(no event)".to_string(), |e| e.to_string());
+        println!(
+            "{}",
+            json!({ "deterministic": false, "first_divergent_event": i, "run_a": show(&a), "run_b": show(&b), "reproduce": command })
+        );
+        bail!("nondeterminism: the two runs first differ at event {i}: {} vs {}", show(&a), show(&b));
+    }
+    if sa.trace_hash != sb.trace_hash || outcome_a != outcome_b {
+        println!(
+            "{}",
+            json!({ "deterministic": false, "trace_hash_a": sa.trace_hash, "trace_hash_b": sb.trace_hash, "reproduce": command })
+        );
+        bail!("nondeterminism: same events but different final node states");
+    }
+    println!(
+        "{}",
+        json!({ "deterministic": true, "events": sa.events, "trace_hash": sa.trace_hash, "outcome": outcome_a.err(), "seed": sa.seed })
+    );
     Ok(())
 }

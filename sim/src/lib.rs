@@ -6,11 +6,15 @@
 //! from one ChaCha generator seeded by `--seed`, so a seed always gives the same run and the
 //! same trace hash.
 
+pub mod adversary;
+pub mod clock;
+pub mod faults;
 pub mod log;
 pub mod net;
+pub mod stats;
 pub mod world;
 
-pub use world::{SimConfig, Summary, World};
+pub use world::{SimConfig, SimError, Summary, TraceEvent, World, first_divergence};
 
 /// Runs a whole simulation and returns its summary.
 pub fn run(config: SimConfig) -> Result<Summary, world::SimError> {

@@ -267,6 +267,12 @@ impl<L: EventLog> Journaled<L> {
                 {
                     log.truncate_from(seq)?;
                     torn_tail = Some(seq);
+                    if log.next_seq() == 0 {
+                        // The crash tore the genesis record itself: nothing durable happened yet.
+                        let now = clock(None);
+                        let journaled = Journaled::create(log, config, identity, rng_seed, now, out)?;
+                        return Ok((journaled, Recovery { torn_tail, ..Recovery::default() }));
+                    }
                 }
                 other => break other?,
             }
@@ -514,5 +520,22 @@ mod tests {
         assert_eq!(recovery.torn_tail, Some(3));
         assert!(before > 4);
         verify_against_log(reopened.log(), reopened.node()).expect("consistent after the crash");
+    }
+
+    /// Regression (sim `--faults all --seed 1 --nodes 100`): a crash that tore the genesis
+    /// record left a log that could neither be replayed nor started afresh.
+    #[test]
+    fn a_torn_genesis_starts_the_node_afresh() {
+        let identity = Identity::from_secret_bytes(&[1; 32]);
+        let mut out = Vec::new();
+        let j = Journaled::create(MemLog::new(), Config::default(), identity.clone(), 5, Time::default(), &mut out)
+            .expect("create");
+        let mut log = j.into_log();
+        log.crash(1, true);
+        assert_eq!(log.next_seq(), 1, "the torn genesis is all that is left");
+        let (reopened, recovery) =
+            Journaled::open(log, Config::default(), identity, 6, |_| Time::new(1_000, 1), &mut out).expect("open");
+        assert_eq!(recovery.torn_tail, Some(0));
+        verify_against_log(reopened.log(), reopened.node()).expect("consistent");
     }
 }
