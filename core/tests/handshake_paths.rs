@@ -290,3 +290,39 @@ fn unreachable_bootstrap_fails_after_all_rounds() {
     assert_eq!(failures, 2);
     assert_eq!(node.phase(), Phase::Failed);
 }
+
+/// Establishes an inbound peer on a first node; returns the node, the conn and the peer.
+fn established_peer() -> (Node, ConnId, Identity) {
+    let mut node = first_node(Config::default());
+    let peer = Identity::from_secret_bytes(&[2; 32]);
+    let conn = ConnId::inbound(1);
+    let binding = Binding([5; 32]);
+    open(&mut node, conn, peer_addr(2), binding);
+    node.handle(at(2), Input::Received { conn, bytes: hello_from(&peer, binding, "mynet-dev", "1.0.0", WALL) });
+    drain(&mut node);
+    assert_eq!(node.peer_ids(), vec![peer.node_id()]);
+    (node, conn, peer)
+}
+
+/// Regression (sim `--faults all`): a peer that completed a handshake and then stayed silent
+/// held a connection slot forever. Unanswered requests now end the connection.
+#[test]
+fn a_peer_that_never_answers_discovery_is_dropped() {
+    let (mut node, conn, _) = established_peer();
+    // The discovery round asks established peers for more peers.
+    node.handle(at(61_000), Input::Tick);
+    let asked = drain(&mut node).iter().any(|o| matches!(o, Output::Send { conn: c, .. } if *c == conn));
+    assert!(asked, "the discovery round asks the only peer");
+    let (deadline, _) = node.poll_timeout().expect("a request deadline");
+    assert!(deadline <= at(71_001).mono);
+    node.handle(Time { mono: deadline, wall_ms: WALL + 71_000 }, Input::Tick);
+    assert_eq!(closed_reason(&drain(&mut node), conn), Some(CloseReason::Unresponsive));
+}
+
+#[test]
+fn unsolicited_discovery_answers_are_violations() {
+    let (mut node, conn, _) = established_peer();
+    node.handle(at(3), Input::Received { conn, bytes: wire::encode_frame(&Message::Peers(Vec::new())) });
+    let reason = closed_reason(&drain(&mut node), conn);
+    assert!(matches!(reason, Some(CloseReason::Protocol(ref what)) if what.contains("unsolicited")), "{reason:?}");
+}

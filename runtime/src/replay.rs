@@ -1,33 +1,78 @@
 //! `mynet replay`: run a node's event log through a fresh node and check its checkpoints.
+//!
+//! With `--events` (narrowed by `--kind` and `--peer`) it prints every record with the outputs it
+//! produced and the wire messages inside; `--state` prints the node's state at the stop point;
+//! `mynet replay diff A B` steps two logs side by side and names the first input where they part.
 
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use mynet_storage::log::{EventLog, LogRecord};
-use mynet_storage::{FjallLog, keyfile, read_records};
-use serde_json::json;
+use anyhow::{Context, Result, anyhow, bail};
+use mynet_core::peers::Offender;
+use mynet_core::wire::{FrameBuffer, Message, PeerRecord, WireError, decode_body};
+use mynet_core::{ConnId, Event, Identity, Input, Node, NodeId, Output};
+use mynet_storage::log::{EventLog, LogRecord, StorageError, read_records_from};
+use mynet_storage::{FjallLog, ReplayReport, Start, keyfile, read_records};
+use serde_json::{Value, json};
 
 use crate::datadir::DataDir;
 
+/// Record kinds `--kind` accepts: the input kinds of `Input::kind`, and the two other records.
+const KINDS: [&str; 9] =
+    ["genesis", "incoming", "secured", "received", "closed", "tick", "restart", "shutdown", "checkpoint"];
+/// Longest JSON value a diff prints before cutting it short.
+const VALUE_SHOWN_MAX: usize = 160;
+/// Peers of a `peers` or `network_info` message listed by id; the rest are counted.
+const PEERS_LISTED: usize = 3;
+
 /// Options of `mynet replay`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ReplayArgs {
+    #[command(subcommand)]
+    command: Option<ReplayCommand>,
     /// Stop after the record with this sequence number.
     #[arg(long)]
     until: Option<u64>,
-    /// Print every record and the outputs it produced.
+    /// Print every record and the outputs it produced, with the wire messages decoded.
     #[arg(long)]
     events: bool,
+    /// Print only records of this kind (repeatable; implies --events).
+    #[arg(long = "kind", value_name = "KIND", value_parser = clap::builder::PossibleValuesParser::new(KINDS))]
+    kinds: Vec<String>,
+    /// Print only records that mention this peer: a connection id (in#3, out#5), a node id
+    /// prefix (at least 4 hex digits) or part of an address (10.0.0.3, :7401). Implies --events.
+    #[arg(long, value_name = "P")]
+    peer: Option<String>,
     /// Print the node's state as JSON at the stop point.
     #[arg(long)]
     state: bool,
 }
 
+/// Subcommands of `mynet replay`.
+#[derive(clap::Subcommand, Debug)]
+enum ReplayCommand {
+    /// Replay two data dirs' logs side by side; report the first input where the inputs, the
+    /// outputs or the node states differ. Exit 0 when identical to the end, 1 otherwise.
+    Diff {
+        /// The first data dir (holds `events/` and `node.key`).
+        a: PathBuf,
+        /// The second data dir.
+        b: PathBuf,
+    },
+}
+
 /// Runs the replay; exit 0 when every checkpoint was reproduced, 1 on divergence or error.
 pub fn run(dir: &DataDir, args: &ReplayArgs) -> ExitCode {
-    match replay(dir, args) {
+    let result = match &args.command {
+        Some(ReplayCommand::Diff { a, b }) => diff(a, b),
+        None => replay(dir, args),
+    };
+    match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(err) => {
@@ -38,26 +83,50 @@ pub fn run(dir: &DataDir, args: &ReplayArgs) -> ExitCode {
 }
 
 fn replay(dir: &DataDir, args: &ReplayArgs) -> Result<bool> {
-    let log_path = dir.log_path();
-    if !log_path.is_dir() {
-        bail!("no event log at {} (is {} a node's data dir?)", log_path.display(), dir.root().display());
-    }
-    let identity = keyfile::load_key(&dir.key_path())?;
-    let log = FjallLog::open(&log_path)
-        .map_err(|e| anyhow::anyhow!("{e}; if a node is running on this data dir, stop it first"))?;
+    let filter = Filter::from_args(args)?;
+    let (log, identity) = open_data_dir(dir)?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
     let started = Instant::now();
-    let mut observer = |seq: u64, record: &LogRecord, outputs: &[mynet_core::Output], _node: &mynet_core::Node| {
-        if args.events {
-            print_record(seq, record, outputs);
+    let mut printed = Ok(());
+    let (report, node) = match filter {
+        // Without --events the observer does nothing, so replay runs at full speed.
+        None => mynet_storage::replay(&log, &identity, Start::Earliest, args.until, &mut |_, _, _, _| {})?,
+        Some(filter) => {
+            let mut printer = Printer { filter, describer: Describer::default(), error: None };
+            let mut observer = |seq: u64, record: &LogRecord, outputs: &[Output], _: &Node| {
+                printer.observe(&mut out, seq, record, outputs);
+            };
+            let replayed = mynet_storage::replay(&log, &identity, Start::Earliest, args.until, &mut observer)?;
+            printed = printer.error.map_or(Ok(()), Err);
+            replayed
         }
     };
-    let (report, node) =
-        mynet_storage::replay(&log, &identity, mynet_storage::Start::Earliest, args.until, &mut observer)?;
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(divergence) = &report.divergence {
+        eprintln!("replay diverged: {divergence}");
+    }
+    let written = printed.and_then(|()| write_end(&mut out, args, &report, node.as_ref(), elapsed));
+    match written {
+        // The reader went away (`| head`): nothing more to say to it.
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {}
+        other => other.context("writing to stdout")?,
+    }
+    Ok(report.divergence.is_none())
+}
+
+/// The `--state` JSON and the one-line summary that always ends stdout.
+fn write_end(
+    out: &mut impl Write,
+    args: &ReplayArgs,
+    report: &ReplayReport,
+    node: Option<&Node>,
+    elapsed: f64,
+) -> io::Result<()> {
     if args.state
-        && let Some(node) = &node
+        && let Some(node) = node
     {
-        println!("{}", serde_json::to_string_pretty(&node.state_json())?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&readable_state(node)).map_err(io::Error::other)?)?;
     }
     let summary = json!({
         "records": report.records,
@@ -65,50 +134,687 @@ fn replay(dir: &DataDir, args: &ReplayArgs) -> Result<bool> {
         "checkpoints": report.checkpoints,
         "restarts": report.restarts,
         "outputs": report.outputs,
+        "from_snapshot": report.from_snapshot,
         "stopped_at": report.stopped_at,
         "wall_time_s": elapsed,
         "events_per_s": if elapsed > 0.0 { (report.events as f64 / elapsed).round() } else { 0.0 },
         "reproduced": report.divergence.is_none(),
         "divergence": report.divergence.as_ref().map(|d| d.to_string()),
     });
-    if let Some(divergence) = &report.divergence {
-        eprintln!("replay diverged: {divergence}");
-    }
-    println!("{summary}");
-    Ok(report.divergence.is_none())
+    writeln!(out, "{summary}")?;
+    out.flush()
 }
 
-fn print_record(seq: u64, record: &LogRecord, outputs: &[mynet_core::Output]) {
-    match record {
-        LogRecord::Genesis { node_id, rng_seed, time, .. } => {
-            println!("#{seq} t={}us genesis node {node_id} seed {rng_seed}", time.mono.0)
+/// The log and key of a data dir.
+fn open_data_dir(dir: &DataDir) -> Result<(FjallLog, Identity)> {
+    let log_path = dir.log_path();
+    if !log_path.is_dir() {
+        bail!("no event log at {} (is {} a node's data dir?)", log_path.display(), dir.root().display());
+    }
+    let identity = keyfile::load_key(&dir.key_path())?;
+    let log =
+        FjallLog::open(&log_path).map_err(|e| anyhow!("{e}; if a node is running on this data dir, stop it first"))?;
+    Ok((log, identity))
+}
+
+// ---- what --events prints ----
+
+/// Which records `--events` prints.
+struct Filter {
+    kinds: Vec<String>,
+    peer: Option<PeerFilter>,
+}
+
+impl Filter {
+    /// `None` when no record is to be printed.
+    fn from_args(args: &ReplayArgs) -> Result<Option<Filter>> {
+        if !args.events && args.kinds.is_empty() && args.peer.is_none() {
+            return Ok(None);
         }
-        LogRecord::Input { time, input } => {
-            println!("#{seq} t={}us input {}: {}", time.mono.0, input.kind(), describe_input(input))
+        let peer = args.peer.as_deref().map(PeerFilter::parse).transpose()?;
+        Ok(Some(Filter { kinds: args.kinds.clone(), peer }))
+    }
+
+    fn wants(&self, described: &Described) -> bool {
+        let kind = self.kinds.is_empty() || self.kinds.iter().any(|k| k == described.kind);
+        kind && self.peer.as_ref().is_none_or(|p| p.matches(&described.mentions))
+    }
+}
+
+/// `--peer`: a connection id, or a node id prefix and/or part of an address.
+struct PeerFilter {
+    conn: Option<ConnId>,
+    id_prefix: Option<String>,
+    addr: String,
+}
+
+impl PeerFilter {
+    fn parse(text: &str) -> Result<PeerFilter> {
+        let text = text.trim();
+        if text.is_empty() {
+            bail!("--peer needs a connection id (in#3, out#5), a node id prefix or part of an address");
         }
-        LogRecord::Checkpoint { state_hash, .. } => {
-            println!("#{seq} checkpoint state {}", mynet_core::hex::encode(&state_hash[..8]))
+        let conn = match (text.strip_prefix("in#"), text.strip_prefix("out#")) {
+            (Some(n), _) => Some(n.parse().map(ConnId::inbound)),
+            (_, Some(n)) => Some(n.parse().map(ConnId)),
+            _ => None,
+        };
+        let conn = conn.transpose().map_err(|_| anyhow!("--peer {text:?}: a connection id is in#N or out#N"))?;
+        let hex = text.len() >= 4 && text.chars().all(|c| c.is_ascii_hexdigit());
+        Ok(PeerFilter { conn, id_prefix: hex.then(|| text.to_ascii_lowercase()), addr: text.to_string() })
+    }
+
+    fn matches(&self, mentions: &Mentions) -> bool {
+        if let Some(conn) = self.conn {
+            return mentions.conns.contains(&conn);
+        }
+        let by_id = self
+            .id_prefix
+            .as_deref()
+            .is_some_and(|prefix| mentions.ids.iter().any(|id| id.to_string().starts_with(prefix)));
+        by_id || mentions.addrs.iter().any(|addr| addr.contains(&self.addr))
+    }
+}
+
+/// Prints the records the filter wants; remembers the first write error and stops printing.
+struct Printer {
+    filter: Filter,
+    describer: Describer,
+    error: Option<io::Error>,
+}
+
+impl Printer {
+    fn observe(&mut self, out: &mut impl Write, seq: u64, record: &LogRecord, outputs: &[Output]) {
+        if self.error.is_some() {
+            return;
+        }
+        let described = self.describer.describe(seq, record, outputs);
+        if !self.filter.wants(&described) {
+            return;
+        }
+        if let Err(err) = described.lines.iter().try_for_each(|line| writeln!(out, "{line}")) {
+            self.error = Some(err);
         }
     }
-    for output in outputs {
+}
+
+/// Connections, node ids and addresses a record mentions (for `--peer`).
+#[derive(Default)]
+struct Mentions {
+    conns: Vec<ConnId>,
+    ids: Vec<NodeId>,
+    addrs: Vec<String>,
+}
+
+/// One record as text: its line, then one indented line per output.
+struct Described {
+    kind: &'static str,
+    lines: Vec<String>,
+    mentions: Mentions,
+}
+
+/// What a connection is known to lead to, from its dial or accept and the peer's hello.
+#[derive(Clone, Default)]
+struct ConnInfo {
+    addr: Option<SocketAddr>,
+    node: Option<NodeId>,
+}
+
+/// Turns records into text. Keeps one frame buffer per connection, since a received chunk may
+/// hold several frames or part of one, and what each connection leads to, so `--peer` with a
+/// node id or address also finds the connection's later traffic.
+#[derive(Default)]
+struct Describer {
+    frames: BTreeMap<ConnId, FrameBuffer>,
+    conns: BTreeMap<ConnId, ConnInfo>,
+}
+
+impl Describer {
+    fn describe(&mut self, seq: u64, record: &LogRecord, outputs: &[Output]) -> Described {
+        let mut mentions = Mentions::default();
+        let (kind, head) = match record {
+            LogRecord::Genesis { node_id, rng_seed, time, .. } => {
+                mentions.ids.push(*node_id);
+                ("genesis", format!("#{seq} t={} genesis node {node_id} seed {rng_seed}", secs(time.mono.0)))
+            }
+            LogRecord::Input { time, input } => {
+                let detail = self.describe_input(input, &mut mentions);
+                let sep = if detail.is_empty() { "" } else { " " };
+                (input.kind(), format!("#{seq} t={} {}{sep}{detail}", secs(time.mono.0), input.kind()))
+            }
+            LogRecord::Checkpoint { state_hash, output_hash, outputs_total } => (
+                "checkpoint",
+                format!(
+                    "#{seq} checkpoint state {} output {} ({outputs_total} outputs)",
+                    short_hash(state_hash),
+                    short_hash(output_hash)
+                ),
+            ),
+        };
+        let mut lines = vec![head];
+        for output in outputs {
+            lines.push(format!("    {}", self.describe_output(output, &mut mentions)));
+        }
+        self.expand(&mut mentions);
+        self.forget_closed(record, outputs);
+        Described { kind, lines, mentions }
+    }
+
+    fn describe_input(&mut self, input: &Input, mentions: &mut Mentions) -> String {
+        match input {
+            Input::Incoming { conn, addr } => {
+                mentions.conns.push(*conn);
+                mentions.addrs.push(addr.to_string());
+                self.conns.entry(*conn).or_default().addr = Some(*addr);
+                format!("{conn} from {addr}")
+            }
+            Input::Secured { conn, .. } => {
+                mentions.conns.push(*conn);
+                conn.to_string()
+            }
+            Input::Received { conn, bytes } => {
+                mentions.conns.push(*conn);
+                format!("{conn} {} bytes: {}", bytes.len(), self.decode_received(*conn, bytes, mentions))
+            }
+            Input::Closed { conn, reason } => {
+                mentions.conns.push(*conn);
+                format!("{conn}: {reason}")
+            }
+            Input::Restart { rng_seed, .. } => format!("seed {rng_seed}"),
+            Input::Tick | Input::Shutdown => String::new(),
+        }
+    }
+
+    /// Feeds received bytes to the connection's frame buffer and describes the whole frames.
+    fn decode_received(&mut self, conn: ConnId, bytes: &[u8], mentions: &mut Mentions) -> String {
+        let mut frames = Vec::new();
+        let buffer = self.frames.entry(conn).or_default();
+        let pushed = buffer.push(bytes, &mut frames);
+        let buffered = buffer.buffered_len();
+        if pushed.is_err() {
+            self.frames.remove(&conn);
+        }
+        let messages: Vec<Result<Message, WireError>> = frames.iter().map(|f| decode_body(f)).collect();
+        for message in messages.iter().flatten() {
+            if let Message::Hello(hello) | Message::HelloAck(hello) = message {
+                self.conns.entry(conn).or_default().node = Some(hello.node_id);
+            }
+        }
+        let mut parts: Vec<String> = messages.iter().map(|m| describe_decoded(m, mentions)).collect();
+        match pushed {
+            Err(err) => parts.push(format!("bad frame: {err}")),
+            Ok(()) if buffered > 0 => parts.push(format!("{buffered} bytes of a partial frame")),
+            Ok(()) => {}
+        }
+        parts.join("; ")
+    }
+
+    fn describe_output(&mut self, output: &Output, mentions: &mut Mentions) -> String {
         match output {
-            mynet_core::Output::Event(event) => println!("    event: {event}"),
-            mynet_core::Output::Send { conn, bytes } => println!("    send {conn}: {} bytes", bytes.len()),
-            other => println!("    {other:?}"),
+            Output::Dial { conn, addr } => {
+                mentions.conns.push(*conn);
+                mentions.addrs.push(addr.to_string());
+                self.conns.entry(*conn).or_default().addr = Some(*addr);
+                format!("dial {conn} {addr}")
+            }
+            Output::Accept { conn } => {
+                mentions.conns.push(*conn);
+                format!("accept {conn}")
+            }
+            Output::Send { conn, bytes } => {
+                mentions.conns.push(*conn);
+                format!("send {conn} {} bytes: {}", bytes.len(), describe_sent(bytes, mentions))
+            }
+            Output::Close { conn } => {
+                mentions.conns.push(*conn);
+                format!("close {conn}")
+            }
+            Output::Event(event) => {
+                event_mentions(event, mentions);
+                format!("event: {event}")
+            }
+        }
+    }
+
+    /// Adds what each mentioned connection leads to.
+    fn expand(&self, mentions: &mut Mentions) {
+        let Mentions { conns, ids, addrs } = mentions;
+        for info in conns.iter().filter_map(|c| self.conns.get(c)) {
+            addrs.extend(info.addr.map(|a| a.to_string()));
+            ids.extend(info.node);
+        }
+    }
+
+    /// Drops the frame buffers of closed connections; a restart drops every connection.
+    fn forget_closed(&mut self, record: &LogRecord, outputs: &[Output]) {
+        let LogRecord::Input { input, .. } = record else { return };
+        if let Input::Restart { .. } = input {
+            self.frames.clear();
+            self.conns.clear();
+            return;
+        }
+        if let Input::Closed { conn, .. } = input {
+            self.frames.remove(conn);
+        }
+        for output in outputs {
+            if let Output::Close { conn } = output {
+                self.frames.remove(conn);
+            }
         }
     }
 }
 
-fn describe_input(input: &mynet_core::Input) -> String {
-    use mynet_core::Input;
-    match input {
-        Input::Incoming { conn, addr } => format!("{conn} from {addr}"),
-        Input::Secured { conn, .. } => format!("{conn}"),
-        Input::Received { conn, bytes } => format!("{conn}: {} bytes", bytes.len()),
-        Input::Closed { conn, reason } => format!("{conn}: {reason}"),
-        Input::Restart { rng_seed, .. } => format!("seed {rng_seed}"),
-        Input::Tick | Input::Shutdown => String::new(),
+/// Describes the frames of a `Send` output (always whole frames).
+fn describe_sent(bytes: &[u8], mentions: &mut Mentions) -> String {
+    let mut frames = Vec::new();
+    let mut buffer = FrameBuffer::default();
+    let pushed = buffer.push(bytes, &mut frames);
+    let mut parts: Vec<String> = frames.iter().map(|f| describe_decoded(&decode_body(f), mentions)).collect();
+    match pushed {
+        Err(err) => parts.push(format!("bad frame: {err}")),
+        Ok(()) if buffer.buffered_len() > 0 => {
+            parts.push(format!("{} bytes of a partial frame", buffer.buffered_len()))
+        }
+        Ok(()) => {}
     }
+    parts.join("; ")
+}
+
+fn describe_decoded(message: &Result<Message, WireError>, mentions: &mut Mentions) -> String {
+    match message {
+        Ok(message) => describe_message(message, mentions),
+        Err(err) => format!("undecodable frame: {err}"),
+    }
+}
+
+/// A message's name and key fields.
+fn describe_message(message: &Message, mentions: &mut Mentions) -> String {
+    match message {
+        Message::Hello(hello) | Message::HelloAck(hello) => {
+            let name = if matches!(message, Message::Hello(_)) { "hello" } else { "hello_ack" };
+            mentions.ids.push(hello.node_id);
+            mentions.addrs.extend(hello.listen_addr.map(|a| a.to_string()));
+            let listen = hello.listen_addr.map_or("none".to_string(), |a| a.to_string());
+            format!(
+                "{name} from {} (network {} {}, listen {listen})",
+                hello.node_id.short(),
+                hello.network_id,
+                hello.network_version
+            )
+        }
+        Message::GetNetworkInfo => "get_network_info".to_string(),
+        Message::NetworkInfo(info) => format!(
+            "network_info: {}, {} connected / {} known there, up {}s, {} content",
+            list_peers(&info.peers, mentions),
+            info.stats.connected_peers,
+            info.stats.known_peers,
+            info.stats.uptime_s,
+            info.popular_content.len()
+        ),
+        Message::DiscoverPeers { node_id, max_peers, exclude } => {
+            mentions.ids.push(*node_id);
+            format!("discover_peers from {} (max {max_peers}, exclude {})", node_id.short(), exclude.len())
+        }
+        Message::Peers(peers) => list_peers(peers, mentions),
+    }
+}
+
+/// `peers (N): id@addr, ...` with the first few listed.
+fn list_peers(peers: &[PeerRecord], mentions: &mut Mentions) -> String {
+    for peer in peers {
+        mentions.ids.push(peer.node_id);
+        mentions.addrs.push(peer.address.to_string());
+    }
+    let mut listed: Vec<String> =
+        peers.iter().take(PEERS_LISTED).map(|p| format!("{}@{}", p.node_id.short(), p.address)).collect();
+    if peers.len() > PEERS_LISTED {
+        listed.push(format!("+{} more", peers.len() - PEERS_LISTED));
+    }
+    if listed.is_empty() {
+        format!("peers ({})", peers.len())
+    } else {
+        format!("peers ({}): {}", peers.len(), listed.join(", "))
+    }
+}
+
+fn event_mentions(event: &Event, mentions: &mut Mentions) {
+    match event {
+        Event::BootstrapConnected { node_id, addr }
+        | Event::BootstrapFailed { node_id, addr, .. }
+        | Event::PeerConnected { node_id, addr, .. } => {
+            mentions.ids.push(*node_id);
+            mentions.addrs.push(addr.to_string());
+        }
+        Event::ConnectionClosed { conn, addr, peer, .. } => {
+            mentions.conns.push(*conn);
+            mentions.addrs.push(addr.to_string());
+            mentions.ids.extend(*peer);
+        }
+        Event::NetworkInfoReceived { from, .. } | Event::PeersLearned { from, .. } => mentions.ids.push(*from),
+        Event::Penalised { offender: Offender::Node(id), .. } => mentions.ids.push(*id),
+        Event::Penalised { offender: Offender::Ip(ip), .. } => mentions.addrs.push(ip.to_string()),
+        _ => {}
+    }
+}
+
+/// Microseconds as seconds with six decimals.
+fn secs(us: u64) -> String {
+    format!("{}.{:06}s", us / 1_000_000, us % 1_000_000)
+}
+
+fn short_hash(hash: &[u8; 32]) -> String {
+    mynet_core::hex::encode(&hash[..8])
+}
+
+/// `Node::state_json` with connection ids written as they are printed (`in#3`, `out#5`).
+fn readable_state(node: &Node) -> Value {
+    let mut state = node.state_json();
+    let conn_name = |text: &str| text.parse::<u64>().map(|n| ConnId(n).to_string()).ok();
+    if let Some(Value::Object(conns)) = state.get_mut("conns") {
+        let named = std::mem::take(conns).into_iter().map(|(k, v)| (conn_name(&k).unwrap_or(k), v));
+        conns.extend(named);
+    }
+    if let Some(Value::Array(awaiting)) = state.get_mut("awaiting") {
+        for item in awaiting.iter_mut() {
+            if let Some(n) = item.as_u64() {
+                *item = Value::String(ConnId(n).to_string());
+            }
+        }
+    }
+    state
+}
+
+// ---- mynet replay diff ----
+
+/// One step of a replay: the start (genesis, or `None` for a snapshot) or one input.
+struct Step {
+    seq: u64,
+    record: Option<LogRecord>,
+    outputs: Vec<Output>,
+    lines: Vec<String>,
+}
+
+/// A replay that advances one input at a time.
+struct Stepper<'a> {
+    identity: Identity,
+    records: Box<dyn Iterator<Item = Result<(u64, LogRecord), StorageError>> + 'a>,
+    node: Option<Node>,
+    /// The snapshot the replay starts from, until it has been reported as the first step.
+    snapshot: Option<u64>,
+    describer: Describer,
+}
+
+impl<'a> Stepper<'a> {
+    fn open(log: &'a dyn EventLog, identity: Identity) -> Result<Stepper<'a>> {
+        if log.next_seq() == 0 {
+            bail!("the event log is empty");
+        }
+        let first = log.first_seq();
+        let mut node = None;
+        if first > 0 {
+            let entry = log
+                .snapshot(first)?
+                .with_context(|| format!("the log starts at record {first} but no snapshot covers what was cut"))?;
+            let restored = Node::restore(identity.clone(), &entry.node)
+                .map_err(|e| anyhow!("snapshot at record {first} cannot be used: {e}"))?;
+            node = Some(restored);
+        }
+        let records = Box::new(read_records_from(log, first));
+        let snapshot = (first > 0).then_some(first);
+        Ok(Stepper { identity, records, node, snapshot, describer: Describer::default() })
+    }
+
+    /// The next step; checkpoints are skipped (two logs may checkpoint at different points).
+    fn next_step(&mut self) -> Result<Option<Step>> {
+        if let Some(seq) = self.snapshot.take() {
+            return Ok(Some(Step { seq, record: None, outputs: Vec::new(), lines: vec![format!("#{seq} snapshot")] }));
+        }
+        loop {
+            let Some(item) = self.records.next() else { return Ok(None) };
+            let (seq, record) = item?;
+            let mut outputs = Vec::new();
+            match &record {
+                LogRecord::Checkpoint { .. } => continue,
+                LogRecord::Genesis { node_id, config, rng_seed, time } => {
+                    if *node_id != self.identity.node_id() {
+                        bail!("the log belongs to node {node_id} but the key file is node {}", self.identity.node_id());
+                    }
+                    let mut node = Node::new((**config).clone(), self.identity.clone(), *rng_seed, *time);
+                    outputs.extend(std::iter::from_fn(|| node.poll_output()));
+                    self.node = Some(node);
+                }
+                LogRecord::Input { time, input } => {
+                    let node = self.node.as_mut().with_context(|| format!("record {seq} comes before a genesis"))?;
+                    node.handle(*time, input.clone());
+                    outputs.extend(std::iter::from_fn(|| node.poll_output()));
+                }
+            }
+            let lines = self.describer.describe(seq, &record, &outputs).lines;
+            return Ok(Some(Step { seq, record: Some(record), outputs, lines }));
+        }
+    }
+}
+
+/// What differs at one step.
+struct Mismatch {
+    inputs: bool,
+    outputs: bool,
+    state: Option<StateDiff>,
+}
+
+/// Where two states differ: the top-level fields, and the first differing path with its values.
+struct StateDiff {
+    fields: Vec<String>,
+    path: String,
+    a: String,
+    b: String,
+}
+
+/// How a diff ended.
+enum DiffOutcome {
+    /// Both logs ran out together; `inputs` inputs after the start.
+    Identical { inputs: u64, last: [u64; 2] },
+    /// At `position`, one log (`longer` 0 = A, 1 = B) had a step and the other had ended.
+    Ended { position: u64, longer: usize, step: Step },
+    /// At `position` the two steps differ.
+    Differ { position: u64, steps: Box<[Step; 2]>, mismatch: Mismatch },
+}
+
+fn diff(a: &Path, b: &Path) -> Result<bool> {
+    let (log_a, id_a) = open_data_dir(&DataDir::new(a)).with_context(|| format!("A ({})", a.display()))?;
+    // The same directory twice: one open log serves both sides.
+    let same = std::fs::canonicalize(a).ok().zip(std::fs::canonicalize(b).ok()).is_some_and(|(x, y)| x == y);
+    let opened_b = if same {
+        None
+    } else {
+        Some(open_data_dir(&DataDir::new(b)).with_context(|| format!("B ({})", b.display()))?)
+    };
+    let (log_b, id_b): (&dyn EventLog, Identity) = match &opened_b {
+        Some((log, id)) => (log, id.clone()),
+        None => (&log_a, id_a.clone()),
+    };
+    let mut sides = [
+        Stepper::open(&log_a, id_a).with_context(|| format!("A ({})", a.display()))?,
+        Stepper::open(log_b, id_b).with_context(|| format!("B ({})", b.display()))?,
+    ];
+    let outcome = step_until_difference(&mut sides)?;
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let identical = matches!(outcome, DiffOutcome::Identical { .. });
+    match report_diff(&mut out, &outcome) {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {}
+        other => other.context("writing to stdout")?,
+    }
+    Ok(identical)
+}
+
+fn step_until_difference(sides: &mut [Stepper<'_>; 2]) -> Result<DiffOutcome> {
+    let mut last = [0u64; 2];
+    let mut position = 0u64;
+    loop {
+        let a = sides[0].next_step().context("replaying A")?;
+        let b = sides[1].next_step().context("replaying B")?;
+        let (a, b) = match (a, b) {
+            (None, None) => return Ok(DiffOutcome::Identical { inputs: position.saturating_sub(1), last }),
+            (Some(step), None) => return Ok(DiffOutcome::Ended { position, longer: 0, step }),
+            (None, Some(step)) => return Ok(DiffOutcome::Ended { position, longer: 1, step }),
+            (Some(a), Some(b)) => (a, b),
+        };
+        last = [a.seq, b.seq];
+        let state_differs =
+            sides[0].node.as_ref().map(Node::state_hash) != sides[1].node.as_ref().map(Node::state_hash);
+        let (inputs, outputs) = (a.record != b.record, a.outputs != b.outputs);
+        if inputs || outputs || state_differs {
+            let state = match (&sides[0].node, &sides[1].node) {
+                (Some(x), Some(y)) if state_differs => Some(state_diff(x, y)),
+                _ => None,
+            };
+            return Ok(DiffOutcome::Differ {
+                position,
+                steps: Box::new([a, b]),
+                mismatch: Mismatch { inputs, outputs, state },
+            });
+        }
+        position += 1;
+    }
+}
+
+fn report_diff(out: &mut impl Write, outcome: &DiffOutcome) -> io::Result<()> {
+    let summary = match outcome {
+        DiffOutcome::Identical { inputs, last } => {
+            writeln!(
+                out,
+                "identical: {inputs} inputs; the states and outputs agree after each (A ends at #{}, B at #{})",
+                last[0], last[1]
+            )?;
+            json!({ "identical": true, "inputs": inputs, "a_last_seq": last[0], "b_last_seq": last[1] })
+        }
+        DiffOutcome::Ended { position, longer, step } => {
+            let (long, short) = if *longer == 0 { ("A", "B") } else { ("B", "A") };
+            writeln!(out, "{short} ends before {}; {long} continues with:", at_position(*position))?;
+            write_lines(out, "  ", &step.lines)?;
+            json!({ "identical": false, "position": position, "ended": short, "next_seq": step.seq })
+        }
+        DiffOutcome::Differ { position, steps, mismatch } => report_mismatch(out, *position, steps, mismatch)?,
+    };
+    writeln!(out, "{summary}")?;
+    out.flush()
+}
+
+fn report_mismatch(out: &mut impl Write, position: u64, steps: &[Step; 2], mismatch: &Mismatch) -> io::Result<Value> {
+    let mut what = Vec::new();
+    if mismatch.inputs {
+        what.push("the inputs differ");
+    }
+    if mismatch.outputs {
+        what.push("the outputs differ");
+    }
+    if mismatch.state.is_some() {
+        what.push("the state differs");
+    }
+    let [a, b] = steps;
+    writeln!(out, "first difference at {} (A #{}, B #{}): {}", at_position(position), a.seq, b.seq, what.join(", "))?;
+    write_lines(out, "  A ", &a.lines)?;
+    write_lines(out, "  B ", &b.lines)?;
+    let first_output = mismatch.outputs.then(|| {
+        (0..a.outputs.len().max(b.outputs.len())).find(|&i| a.outputs.get(i) != b.outputs.get(i)).unwrap_or(0)
+    });
+    if let Some(i) = first_output {
+        writeln!(
+            out,
+            "outputs: A {} and B {}; they first differ at output {}",
+            a.outputs.len(),
+            b.outputs.len(),
+            i + 1
+        )?;
+    }
+    if let Some(state) = &mismatch.state {
+        writeln!(out, "state: top-level fields that differ: {}", state.fields.join(", "))?;
+        writeln!(out, "state: first difference at {}: A {} / B {}", state.path, state.a, state.b)?;
+    }
+    Ok(json!({
+        "identical": false,
+        "position": position,
+        "a_seq": a.seq,
+        "b_seq": b.seq,
+        "inputs_differ": mismatch.inputs,
+        "outputs_differ": mismatch.outputs,
+        "first_differing_output": first_output.map(|i| i + 1),
+        "state_differs": mismatch.state.is_some(),
+        "state_fields": mismatch.state.as_ref().map(|s| &s.fields),
+        "state_path": mismatch.state.as_ref().map(|s| &s.path),
+    }))
+}
+
+fn at_position(position: u64) -> String {
+    if position == 0 { "the start".to_string() } else { format!("input {position}") }
+}
+
+fn write_lines(out: &mut impl Write, prefix: &str, lines: &[String]) -> io::Result<()> {
+    lines.iter().try_for_each(|line| writeln!(out, "{prefix}{line}"))
+}
+
+fn state_diff(a: &Node, b: &Node) -> StateDiff {
+    let (a, b) = (readable_state(a), readable_state(b));
+    let fields = match (&a, &b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().filter(|k| x.get(*k) != y.get(*k)).cloned().collect()
+        }
+        _ => Vec::new(),
+    };
+    let mut path = Vec::new();
+    let (va, vb) = first_difference(&a, &b, &mut path).unwrap_or((Some(&a), Some(&b)));
+    let path = if path.is_empty() { "(the whole state)".to_string() } else { path.concat() };
+    StateDiff { fields, path: path.trim_start_matches('.').to_string(), a: shown(va), b: shown(vb) }
+}
+
+/// The first place `a` and `b` differ (`None` for a side where it is absent), in key order;
+/// `path` gets its segments (`.key`, `[i]`).
+fn first_difference<'v>(
+    a: &'v Value,
+    b: &'v Value,
+    path: &mut Vec<String>,
+) -> Option<(Option<&'v Value>, Option<&'v Value>)> {
+    if a == b {
+        return None;
+    }
+    let pairs: Vec<(String, Option<&Value>, Option<&Value>)> = match (a, b) {
+        // Two different single-key objects are two enum variants: report the variant change here.
+        (Value::Object(x), Value::Object(y)) if !(x.len() == 1 && y.len() == 1 && x.keys().ne(y.keys())) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().map(|k| (format!(".{k}"), x.get(k), y.get(k))).collect()
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            (0..x.len().max(y.len())).map(|i| (format!("[{i}]"), x.get(i), y.get(i))).collect()
+        }
+        _ => return Some((Some(a), Some(b))),
+    };
+    for (segment, x, y) in pairs {
+        path.push(segment);
+        match (x, y) {
+            (Some(x), Some(y)) => {
+                if let Some(found) = first_difference(x, y, path) {
+                    return Some(found);
+                }
+            }
+            (x, y) if x != y => return Some((x, y)),
+            _ => {}
+        }
+        path.pop();
+    }
+    Some((Some(a), Some(b)))
+}
+
+/// A JSON value for one line, cut short if long.
+fn shown(value: Option<&Value>) -> String {
+    let Some(value) = value else { return "(absent)".to_string() };
+    let text = value.to_string();
+    if text.chars().count() <= VALUE_SHOWN_MAX {
+        return text;
+    }
+    let cut: String = text.chars().take(VALUE_SHOWN_MAX).collect();
+    format!("{cut}...")
 }
 
 /// Writes a simulated node's log and key as a data dir that `mynet replay` reads.

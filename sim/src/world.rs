@@ -328,8 +328,13 @@ impl World {
         for i in 0..adversaries {
             let identity = random_identity(&mut rng);
             let addr = SocketAddr::from(([10, 255, (i >> 8) as u8, i as u8], net::LISTEN_PORT));
-            let node =
-                World::sim_node(&mut rng, &profile, identity.clone(), addr, Actor::Adversary(Box::new(Adversary::new(identity))));
+            let node = World::sim_node(
+                &mut rng,
+                &profile,
+                identity.clone(),
+                addr,
+                Actor::Adversary(Box::new(Adversary::new(identity))),
+            );
             nodes.push(node);
         }
         let mut world = World {
