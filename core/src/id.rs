@@ -76,7 +76,9 @@ macro_rules! hex_serde {
     ($ty:ident) => {
         impl Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                if s.is_human_readable() { s.serialize_str(&hex::encode(&self.0)) } else { self.0.serialize(s) }
+                // Non-human-readable: one byte string, not 32 one-byte elements (faster to
+                // encode, decode and hash).
+                if s.is_human_readable() { s.serialize_str(&hex::encode(&self.0)) } else { s.serialize_bytes(&self.0) }
             }
         }
 
@@ -86,7 +88,7 @@ macro_rules! hex_serde {
                     let text = String::deserialize(d)?;
                     $ty::from_hex(&text).map_err(serde::de::Error::custom)
                 } else {
-                    <[u8; 32]>::deserialize(d).map($ty)
+                    bytes32::deserialize(d).map($ty)
                 }
             }
         }
@@ -120,6 +122,65 @@ impl ConnId {
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_inbound() { write!(f, "in#{}", self.0 & !Self::INBOUND_BIT) } else { write!(f, "out#{}", self.0) }
+    }
+}
+
+/// Serde helper for byte vectors as one byte string (serde's default is a sequence of u8).
+pub mod byte_vec {
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+    use std::fmt;
+
+    /// Serializes as a byte string.
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(bytes)
+    }
+
+    /// Deserializes a byte string (or, from self-describing formats, a sequence).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
+    }
+}
+
+/// Serde helper: exactly 32 bytes from a byte string.
+pub mod bytes32 {
+    use serde::Deserializer;
+    use serde::de::{Error, Visitor};
+    use std::fmt;
+
+    /// Deserializes a byte string of exactly 32 bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = [u8; 32];
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("32 bytes")
+            }
+            fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<[u8; 32], E> {
+                v.try_into().map_err(|_| E::invalid_length(v.len(), &self))
+            }
+        }
+        d.deserialize_bytes(V)
     }
 }
 

@@ -99,7 +99,11 @@ pub enum Input {
     /// The secure channel of `conn` is up; `binding` is what both ends share (Noise hash).
     Secured { conn: ConnId, binding: Binding },
     /// Decrypted bytes from the peer on `conn`.
-    Received { conn: ConnId, bytes: Vec<u8> },
+    Received {
+        conn: ConnId,
+        #[serde(with = "crate::id::byte_vec")]
+        bytes: Vec<u8>,
+    },
     /// The transport of `conn` failed or the peer closed it (or the dial failed).
     Closed { conn: ConnId, reason: String },
     /// A deadline from `poll_timeout` passed.
@@ -177,7 +181,11 @@ pub enum Output {
     /// Proceed with the inbound connection `conn` (run the secure handshake).
     Accept { conn: ConnId },
     /// Send bytes (whole frames) on `conn`.
-    Send { conn: ConnId, bytes: Vec<u8> },
+    Send {
+        conn: ConnId,
+        #[serde(with = "crate::id::byte_vec")]
+        bytes: Vec<u8>,
+    },
     /// Close `conn`; the node has forgotten it and ignores later inputs about it.
     Close { conn: ConnId },
     /// Something worth a log line or a test assertion.
@@ -377,11 +385,17 @@ struct State {
 /// Format byte of node snapshots.
 pub const SNAPSHOT_FORMAT: u8 = 1;
 
+/// Encoded outputs are hashed in blocks of this size (BLAKE3 is several times faster on long
+/// inputs than on many short ones).
+const OUTPUT_HASH_BLOCK: usize = 64 * 1024;
+
 #[derive(Serialize)]
 struct SnapshotRef<'a> {
     format: u8,
     state: &'a State,
-    output_hash: [u8; 32],
+    output_chain: [u8; 32],
+    #[serde(with = "crate::id::byte_vec")]
+    output_pending: &'a [u8],
     outputs_total: u64,
 }
 
@@ -389,7 +403,9 @@ struct SnapshotRef<'a> {
 struct Snapshot {
     format: u8,
     state: State,
-    output_hash: [u8; 32],
+    output_chain: [u8; 32],
+    #[serde(with = "crate::id::byte_vec")]
+    output_pending: Vec<u8>,
     outputs_total: u64,
 }
 
@@ -409,8 +425,11 @@ pub struct Node {
     identity: Identity,
     state: State,
     outputs: VecDeque<Output>,
-    /// Chained hash of every output: `h' = BLAKE3(h || len || postcard(output))`.
-    output_hash: [u8; 32],
+    /// The output hash covers every output's postcard encoding (self-delimiting), in order:
+    /// encodings accumulate in `output_pending`; each full block is folded into
+    /// `output_chain = BLAKE3(output_chain || block)`; the hash is BLAKE3(chain || pending).
+    output_chain: [u8; 32],
+    output_pending: Vec<u8>,
     outputs_total: u64,
 }
 
@@ -441,7 +460,14 @@ impl Node {
             next_discovery: None,
             counters: Counters::default(),
         };
-        let mut node = Node { identity, state, outputs: VecDeque::new(), output_hash: [0; 32], outputs_total: 0 };
+        let mut node = Node {
+            identity,
+            state,
+            outputs: VecDeque::new(),
+            output_chain: [0; 32],
+            output_pending: Vec::new(),
+            outputs_total: 0,
+        };
         node.start(now);
         node
     }
@@ -497,19 +523,36 @@ impl Node {
     /// Whether every open connection that carries traffic has a verified handshake, and every
     /// established peer is a proven identity other than ours (simulator safety invariant).
     pub fn check_invariants(&self) -> Result<(), String> {
-        let (inbound, outbound, per_ip) = self.connection_counts();
         let cfg = &self.state.config;
+        let (mut inbound, mut outbound) = (0u32, 0u32);
+        for conn in self.state.conns.values() {
+            match conn.direction {
+                Direction::Inbound => inbound += 1,
+                Direction::Outbound => outbound += 1,
+            }
+        }
         if inbound > cfg.max_inbound || outbound > cfg.max_outbound {
             return Err(format!("connection limits exceeded: {inbound} in / {outbound} out"));
         }
-        if let Some((ip, n)) = per_ip.iter().find(|(_, n)| **n > cfg.max_per_ip) {
-            return Err(format!("{n} connections to {ip}, limit {}", cfg.max_per_ip));
+        if self.state.conns.len() as u32 > cfg.max_per_ip {
+            let mut ips: Vec<IpAddr> = self.state.conns.values().map(|c| c.addr.ip()).collect();
+            ips.sort_unstable();
+            for run in ips.chunk_by(|a, b| a == b) {
+                if run.len() as u32 > cfg.max_per_ip {
+                    return Err(format!("{} connections to {}, limit {}", run.len(), run[0], cfg.max_per_ip));
+                }
+            }
         }
+        let now = self.state.now.mono;
         for (id, conn) in &self.state.conns {
-            if let Some(e) = conn.established()
-                && (e.node_id == self.state.node_id || NodeId::from_public_key(&e.public_key) != e.node_id)
-            {
-                return Err(format!("{id} holds an unverified or self identity"));
+            let Some(e) = conn.established() else { continue };
+            if e.node_id == self.state.node_id {
+                return Err(format!("{id} is a connection to ourselves"));
+            }
+            // Identities are proven when a connection is established; re-derive the id of
+            // every connection established in this step (older ones were checked then).
+            if e.since == now && NodeId::from_public_key(&e.public_key) != e.node_id {
+                return Err(format!("{id} holds an identity whose id does not match its key"));
             }
         }
         Ok(())
@@ -563,7 +606,8 @@ impl Node {
         let snapshot = SnapshotRef {
             format: SNAPSHOT_FORMAT,
             state: &self.state,
-            output_hash: self.output_hash,
+            output_chain: self.output_chain,
+            output_pending: &self.output_pending,
             outputs_total: self.outputs_total,
         };
         postcard::to_allocvec(&snapshot).expect("postcard encoding of state cannot fail")
@@ -586,14 +630,18 @@ impl Node {
             identity,
             state: snapshot.state,
             outputs: VecDeque::new(),
-            output_hash: snapshot.output_hash,
+            output_chain: snapshot.output_chain,
+            output_pending: snapshot.output_pending,
             outputs_total: snapshot.outputs_total,
         })
     }
 
     /// Running hash of every output emitted so far.
     pub fn output_hash(&self) -> [u8; 32] {
-        self.output_hash
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.output_chain);
+        hasher.update(&self.output_pending);
+        *hasher.finalize().as_bytes()
     }
 
     /// How many outputs were emitted so far.
@@ -631,12 +679,16 @@ impl Node {
     /// The next thing to do, until `None`.
     pub fn poll_output(&mut self) -> Option<Output> {
         let output = self.outputs.pop_front()?;
-        let bytes = postcard::to_allocvec(&output).expect("postcard encoding of an output cannot fail");
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(&self.output_hash);
-        hasher.update(&(bytes.len() as u64).to_le_bytes());
-        hasher.update(&bytes);
-        self.output_hash = *hasher.finalize().as_bytes();
+        let pending = std::mem::take(&mut self.output_pending);
+        self.output_pending =
+            postcard::to_extend(&output, pending).expect("postcard encoding of an output cannot fail");
+        if self.output_pending.len() >= OUTPUT_HASH_BLOCK {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&self.output_chain);
+            hasher.update(&self.output_pending);
+            self.output_chain = *hasher.finalize().as_bytes();
+            self.output_pending.clear();
+        }
         self.outputs_total += 1;
         Some(output)
     }
@@ -713,20 +765,22 @@ impl Node {
     fn handle_received(&mut self, conn_id: ConnId, bytes: &[u8]) {
         let Some(conn) = self.state.conns.get_mut(&conn_id) else { return };
         self.state.counters.bytes_in += bytes.len() as u64;
-        let mut frames = Vec::new();
-        let pushed = conn.frames.push(bytes, &mut frames);
-        for frame in frames {
-            if !self.state.conns.contains_key(&conn_id) {
-                return;
-            }
+        // The buffer leaves the connection while its frames are handled (they may close it).
+        let mut buffer = std::mem::take(&mut conn.frames);
+        let mut bad_frame = None;
+        let drained = buffer.drain(bytes, |body| {
             self.state.counters.frames_in += 1;
-            match wire::decode_body(&frame) {
+            match wire::decode_body(body) {
                 Ok(message) => self.handle_message(conn_id, message),
-                Err(err) => return self.misbehaved(conn_id, CloseReason::Wire(err)),
+                Err(err) => bad_frame = Some(err),
             }
+            bad_frame.is_none() && self.state.conns.contains_key(&conn_id)
+        });
+        if let Some(err) = bad_frame.or(drained.err()) {
+            return self.misbehaved(conn_id, CloseReason::Wire(err));
         }
-        if let Err(err) = pushed {
-            self.misbehaved(conn_id, CloseReason::Wire(err));
+        if let Some(conn) = self.state.conns.get_mut(&conn_id) {
+            conn.frames = buffer;
         }
     }
 
@@ -1216,7 +1270,14 @@ impl Node {
     // ---- connections ----
 
     fn admission_refusal(&self, direction: Direction, ip: IpAddr) -> Option<CloseReason> {
-        let (inbound, outbound, per_ip) = self.connection_counts();
+        let (mut inbound, mut outbound, mut same_ip) = (0, 0, 0);
+        for conn in self.state.conns.values() {
+            match conn.direction {
+                Direction::Inbound => inbound += 1,
+                Direction::Outbound => outbound += 1,
+            }
+            same_ip += u32::from(conn.addr.ip() == ip);
+        }
         let cfg = &self.state.config;
         if self.state.penalties.is_banned(&Offender::Ip(ip), self.state.now.mono) {
             return Some(CloseReason::Banned);
@@ -1230,7 +1291,7 @@ impl Node {
             }
             _ => {}
         }
-        if per_ip.get(&ip).copied().unwrap_or(0) >= cfg.max_per_ip {
+        if same_ip >= cfg.max_per_ip {
             return Some(CloseReason::PerIpLimit { ip, max: cfg.max_per_ip });
         }
         None

@@ -162,15 +162,23 @@ impl KnownPeers {
         max: usize,
         exclude: impl Fn(&NodeId) -> bool,
     ) -> Vec<PeerRecord> {
-        let mut pool: Vec<PeerRecord> = self
-            .peers
-            .iter()
-            .filter(|(id, p)| p.verified && !exclude(id))
-            .map(|(id, p)| PeerRecord { node_id: *id, address: p.addr, public_key: p.public_key })
-            .collect();
-        partial_shuffle(rng, &mut pool, max);
-        pool.truncate(max);
-        pool
+        let mut pool: Vec<(&NodeId, &KnownPeer)> = self.peers.iter().filter(|(_, p)| p.verified).collect();
+        // Shuffle a uniform random prefix, then drop excluded ids from it: the exclusion test
+        // runs on the prefix only, and the survivors are still a uniform sample.
+        let mut out = Vec::with_capacity(max.min(pool.len()));
+        let mut shuffled = 0;
+        while out.len() < max && shuffled < pool.len() {
+            let batch = (max - out.len()).max(8);
+            partial_shuffle_from(rng, &mut pool, shuffled, batch);
+            let end = (shuffled + batch).min(pool.len());
+            for (id, p) in &pool[shuffled..end] {
+                if out.len() < max && !exclude(id) {
+                    out.push(PeerRecord { node_id: **id, address: p.addr, public_key: p.public_key });
+                }
+            }
+            shuffled = end;
+        }
+        out
     }
 
     /// Forgets the least useful peer: unverified before verified, then the longest unseen.
@@ -185,8 +193,13 @@ impl KnownPeers {
 
 /// Moves a uniform random selection of `k` elements to the front (Fisher-Yates prefix).
 pub fn partial_shuffle<T>(rng: &mut ChaCha8Rng, items: &mut [T], k: usize) {
+    partial_shuffle_from(rng, items, 0, k);
+}
+
+/// Continues a Fisher-Yates prefix shuffle: fills positions `from..from + k`.
+pub fn partial_shuffle_from<T>(rng: &mut ChaCha8Rng, items: &mut [T], from: usize, k: usize) {
     let n = items.len();
-    for i in 0..k.min(n) {
+    for i in from..(from + k).min(n) {
         let j = i + (rng.next_u64() % (n - i) as u64) as usize;
         items.swap(i, j);
     }

@@ -194,6 +194,47 @@ impl FrameBuffer {
         self.buf.len()
     }
 
+    /// Feeds `bytes` and calls `on_frame` with every complete frame body, in order, until it
+    /// returns false. Frames wholly inside `bytes` are passed without copying; only a partial
+    /// frame is buffered, at most `FRAME_HEADER_LEN + FRAME_LEN_MAX` bytes.
+    pub fn drain(&mut self, mut bytes: &[u8], mut on_frame: impl FnMut(&[u8]) -> bool) -> Result<(), WireError> {
+        while !self.buf.is_empty() && !bytes.is_empty() {
+            let need = self.needed()?;
+            let take = need.saturating_sub(self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buf.len() == need && need > FRAME_HEADER_LEN {
+                let body = std::mem::take(&mut self.buf);
+                if !on_frame(&body[FRAME_HEADER_LEN..]) {
+                    return Ok(());
+                }
+            } else if self.buf.len() == need && self.body_len() == 0 {
+                return Err(WireError::EmptyFrame);
+            }
+        }
+        while bytes.len() >= FRAME_HEADER_LEN {
+            let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
+            if len > FRAME_LEN_MAX {
+                return Err(WireError::FrameTooLarge { len, max: FRAME_LEN_MAX });
+            }
+            if len == 0 {
+                return Err(WireError::EmptyFrame);
+            }
+            if bytes.len() < FRAME_HEADER_LEN + len {
+                break;
+            }
+            if !on_frame(&bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + len]) {
+                return Ok(());
+            }
+            bytes = &bytes[FRAME_HEADER_LEN + len..];
+        }
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= FRAME_HEADER_LEN {
+            self.needed()?;
+        }
+        Ok(())
+    }
+
     /// Appends `bytes` and returns every complete frame body, or the first error.
     ///
     /// At most `FRAME_HEADER_LEN + FRAME_LEN_MAX` bytes stay buffered between calls.
@@ -291,6 +332,21 @@ mod tests {
             let decoded: Vec<Message> = frames.iter().map(|f| decode_body(f).expect("decodes")).collect();
             prop_assert_eq!(decoded, messages);
             prop_assert_eq!(buffer.buffered_len(), 0);
+        }
+
+        #[test]
+        fn drain_agrees_with_push(messages in proptest::collection::vec(arb_message(), 1..6), cut in 1usize..300, garbage in proptest::collection::vec(any::<u8>(), 0..16)) {
+            let mut stream: Vec<u8> = messages.iter().flat_map(encode_frame).collect();
+            stream.extend(garbage);
+            let (mut a, mut b) = (FrameBuffer::default(), FrameBuffer::default());
+            let (mut pushed, mut drained) = (Vec::new(), Vec::new());
+            let (mut ra, mut rb) = (Ok(()), Ok(()));
+            for chunk in stream.chunks(cut) {
+                if ra.is_ok() { ra = a.push(chunk, &mut pushed); }
+                if rb.is_ok() { rb = b.drain(chunk, |f| { drained.push(f.to_vec()); true }); }
+            }
+            prop_assert_eq!(pushed, drained);
+            prop_assert_eq!(ra, rb);
         }
 
         #[test]

@@ -16,7 +16,7 @@ use mynet_core::peers::Offender;
 use mynet_core::wire::{FrameBuffer, Message, PeerRecord, WireError, decode_body};
 use mynet_core::{ConnId, Event, Identity, Input, Node, NodeId, Output};
 use mynet_storage::log::{EventLog, LogRecord, StorageError, read_records_from};
-use mynet_storage::{FjallLog, ReplayReport, Start, keyfile, read_records};
+use mynet_storage::{FjallLog, ReplayReport, Start, keyfile};
 use serde_json::{Value, json};
 
 use crate::datadir::DataDir;
@@ -91,13 +91,13 @@ fn replay(dir: &DataDir, args: &ReplayArgs) -> Result<bool> {
     let mut printed = Ok(());
     let (report, node) = match filter {
         // Without --events the observer does nothing, so replay runs at full speed.
-        None => mynet_storage::replay(&log, &identity, Start::Earliest, args.until, &mut |_, _, _, _| {})?,
+        None => mynet_storage::replay(&log, &identity, Start::Earliest, args.until, None)?,
         Some(filter) => {
             let mut printer = Printer { filter, describer: Describer::default(), error: None };
             let mut observer = |seq: u64, record: &LogRecord, outputs: &[Output], _: &Node| {
                 printer.observe(&mut out, seq, record, outputs);
             };
-            let replayed = mynet_storage::replay(&log, &identity, Start::Earliest, args.until, &mut observer)?;
+            let replayed = mynet_storage::replay(&log, &identity, Start::Earliest, args.until, Some(&mut observer))?;
             printed = printer.error.map_or(Ok(()), Err);
             replayed
         }
@@ -828,10 +828,6 @@ pub fn dump_sim_log(world: &mynet_sim::World, node: usize, path: &Path) -> Resul
     let key = world.identity(node).secret_bytes();
     keyfile::load_or_create_key(&dir.key_path(), || key)?;
     let mut log = FjallLog::open(&dir.log_path())?;
-    for item in read_records(source) {
-        let (_, record) = item?;
-        log.append(&record)?;
-    }
-    log.sync()?;
+    log.import(source)?;
     Ok(())
 }

@@ -23,6 +23,10 @@ impl SimLog {
 }
 
 impl EventLog for SimLog {
+    fn keeps_records(&self) -> bool {
+        matches!(self, SimLog::Memory(_))
+    }
+
     fn append_bytes(&mut self, bytes: Vec<u8>) -> Result<u64, StorageError> {
         match self {
             SimLog::Discard { next } => {

@@ -5,7 +5,9 @@
 use mynet_core::{Config, Identity, Input, Mono, Node, NodeId, Output, Time};
 use thiserror::Error;
 
-use crate::log::{EventLog, LogError, LogRecord, SnapshotEntry, StorageError, encode_record, read_records_from};
+use crate::log::{
+    EventLog, LogError, LogRecord, SnapshotEntry, StorageError, encode_input_record, encode_record, read_records_from,
+};
 
 /// A node whose inputs are journaled.
 #[derive(Debug)]
@@ -114,8 +116,9 @@ pub fn replay(
     identity: &Identity,
     start: Start,
     until: Option<u64>,
-    observer: &mut Observer<'_>,
+    mut observer: Option<&mut Observer<'_>>,
 ) -> Result<(ReplayReport, Option<Node>), ReplayError> {
+    let watching = observer.is_some();
     let mut report = ReplayReport::default();
     let (mut node, from) = starting_node(log, identity, start)?;
     report.from_snapshot = node.as_ref().map(|_| from);
@@ -124,32 +127,38 @@ pub fn replay(
         let (seq, record) = item?;
         report.records += 1;
         outputs.clear();
-        match &record {
+        // Only an observer needs the record after it was handled; otherwise inputs move.
+        let observed = watching.then(|| record.clone());
+        match record {
             LogRecord::Genesis { node_id, config, rng_seed, time } => {
-                if *node_id != identity.node_id() {
-                    return Err(ReplayError::WrongKey { log: *node_id, key: identity.node_id() });
+                if node_id != identity.node_id() {
+                    return Err(ReplayError::WrongKey { log: node_id, key: identity.node_id() });
                 }
-                let mut fresh = Node::new((**config).clone(), identity.clone(), *rng_seed, *time);
+                let mut fresh = Node::new(*config, identity.clone(), rng_seed, time);
                 outputs.extend(std::iter::from_fn(|| fresh.poll_output()));
                 node = Some(fresh);
             }
             LogRecord::Input { time, input } => {
                 let n = node.as_mut().ok_or(LogError::NoGenesis(seq))?;
                 report.restarts += u64::from(matches!(input, Input::Restart { .. }));
-                n.handle(*time, input.clone());
-                outputs.extend(std::iter::from_fn(|| n.poll_output()));
+                n.handle(time, input);
+                if watching {
+                    outputs.extend(std::iter::from_fn(|| n.poll_output()));
+                } else {
+                    while n.poll_output().is_some() {}
+                }
                 report.events += 1;
             }
             LogRecord::Checkpoint { state_hash, output_hash, .. } => {
                 let n = node.as_ref().ok_or(LogError::NoGenesis(seq))?;
-                match compare(seq, report.events, n, state_hash, output_hash) {
+                match compare(seq, report.events, n, &state_hash, &output_hash) {
                     None => report.checkpoints += 1,
                     Some(divergence) => report.divergence = Some(divergence),
                 }
             }
         }
-        if let Some(n) = node.as_ref() {
-            observer(seq, &record, &outputs, n);
+        if let (Some(observer), Some(n), Some(record)) = (observer.as_mut(), node.as_ref(), observed.as_ref()) {
+            observer(seq, record, &outputs, n);
         }
         report.stopped_at = Some(seq);
         if report.divergence.is_some() || until.is_some_and(|u| seq >= u) {
@@ -215,7 +224,7 @@ pub fn verify_against_log(log: &dyn EventLog, node: &Node) -> Result<(), String>
 }
 
 fn replay_with_own_key(log: &dyn EventLog, node: &Node) -> Result<(ReplayReport, Option<Node>), String> {
-    replay(log, node.identity(), Start::Earliest, None, &mut |_, _, _, _| {}).map_err(|e| e.to_string())
+    replay(log, node.identity(), Start::Earliest, None, None).map_err(|e| e.to_string())
 }
 
 impl<L: EventLog> Journaled<L> {
@@ -261,7 +270,7 @@ impl<L: EventLog> Journaled<L> {
         }
         let mut torn_tail = None;
         let (report, node) = loop {
-            match replay(&log, &identity, Start::Latest, None, &mut |_, _, _, _| {}) {
+            match replay(&log, &identity, Start::Latest, None, None) {
                 Err(ReplayError::Storage(StorageError::Log(LogError::Undecodable { seq, .. })))
                     if seq + 1 == log.next_seq() && torn_tail.is_none() =>
                 {
@@ -296,7 +305,13 @@ impl<L: EventLog> Journaled<L> {
     /// Appends `input` to the log, hands it to the node, and collects the outputs into `out`.
     /// Checkpoints and snapshots follow the node's config.
     pub fn handle(&mut self, now: Time, input: Input, out: &mut Vec<Output>) -> Result<(), StorageError> {
-        self.append(&LogRecord::Input { time: now, input: input.clone() })?;
+        if self.log.keeps_records() {
+            let bytes = encode_input_record(&now, &input);
+            self.log_bytes += bytes.len() as u64;
+            self.log.append_bytes(bytes)?;
+        } else {
+            self.log.append_bytes(Vec::new())?;
+        }
         self.node.handle(now, input);
         out.extend(std::iter::from_fn(|| self.node.poll_output()));
         self.since_checkpoint += 1;
@@ -313,6 +328,9 @@ impl<L: EventLog> Journaled<L> {
     }
 
     fn append(&mut self, record: &LogRecord) -> Result<u64, StorageError> {
+        if !self.log.keeps_records() {
+            return self.log.append_bytes(Vec::new());
+        }
         let bytes = encode_record(record);
         self.log_bytes += bytes.len() as u64;
         self.log.append_bytes(bytes)
@@ -431,7 +449,7 @@ mod tests {
         let mut j = Journaled::create(MemLog::new(), config.clone(), identity.clone(), 5, Time::default(), &mut out)
             .expect("create");
         drive(&mut j, &mut out);
-        let (report, _) = replay(j.log(), &identity, Start::Earliest, None, &mut |_, _, _, _| {}).expect("replays");
+        let (report, _) = replay(j.log(), &identity, Start::Earliest, None, None).expect("replays");
         assert_eq!((report.events, report.checkpoints, report.divergence), (6, 4, None));
 
         // A log whose recorded inputs were changed no longer reproduces its checkpoints.
@@ -445,7 +463,7 @@ mod tests {
             };
             tampered.append(&record).expect("append");
         }
-        let (report, _) = replay(&tampered, &identity, Start::Earliest, None, &mut |_, _, _, _| {}).expect("replays");
+        let (report, _) = replay(&tampered, &identity, Start::Earliest, None, None).expect("replays");
         assert_eq!(report.divergence.expect("diverges").what, "state");
 
         // Reopening continues the same node: the restart is an input like any other.
@@ -456,7 +474,7 @@ mod tests {
         assert_eq!(reopened.node().status(Time::new(30_000_000, 30)).counters.restarts, 1);
         let other = Identity::from_secret_bytes(&[2; 32]);
         assert!(matches!(
-            replay(reopened.log(), &other, Start::Earliest, None, &mut |_, _, _, _| {}),
+            replay(reopened.log(), &other, Start::Earliest, None, None),
             Err(ReplayError::WrongKey { .. })
         ));
     }
@@ -478,7 +496,7 @@ mod tests {
         assert!(log.first_seq() > 0, "retention 0 cuts everything behind the newest snapshot");
         assert_eq!(log.snapshot_seqs().expect("seqs").first().copied(), Some(log.first_seq()));
         verify_against_log(log, j.node()).expect("the cut log still implies the live state");
-        let (report, _) = replay(log, &identity, Start::Earliest, None, &mut |_, _, _, _| {}).expect("replays");
+        let (report, _) = replay(log, &identity, Start::Earliest, None, None).expect("replays");
         assert_eq!((report.from_snapshot, report.divergence), (Some(log.first_seq()), None));
 
         let state_before = j.node().state_hash();

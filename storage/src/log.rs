@@ -72,6 +72,18 @@ pub fn encode_record(record: &LogRecord) -> Vec<u8> {
     postcard::to_extend(record, out).expect("postcard encoding of a log record cannot fail")
 }
 
+/// Encodes `LogRecord::Input { time, input }` without cloning the input.
+pub fn encode_input_record(time: &Time, input: &Input) -> Vec<u8> {
+    // Mirrors `LogRecord`'s first two variants, so the bytes are identical.
+    #[derive(Serialize)]
+    enum Ref<'a> {
+        _Genesis,
+        Input { time: &'a Time, input: &'a Input },
+    }
+    postcard::to_extend(&Ref::Input { time, input }, vec![LOG_FORMAT])
+        .expect("postcard encoding of a log record cannot fail")
+}
+
 /// Decodes record `seq`.
 pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<LogRecord, LogError> {
     let undecodable = |reason: String| LogError::Undecodable { seq, reason };
@@ -115,6 +127,12 @@ pub trait EventLog {
     fn truncate_before(&mut self, seq: u64) -> Result<(), StorageError>;
     /// Drops records from `seq` on (a torn tail) and snapshots after it.
     fn truncate_from(&mut self, seq: u64) -> Result<(), StorageError>;
+
+    /// Whether appended records are kept; a log that only counts them (a large simulation
+    /// without crashes) lets writers skip encoding.
+    fn keeps_records(&self) -> bool {
+        true
+    }
 
     /// Appends one record.
     fn append(&mut self, record: &LogRecord) -> Result<u64, StorageError> {
@@ -313,6 +331,29 @@ impl FjallLog {
         StorageError::Backend { path: self.path.clone(), message: e.to_string() }
     }
 
+    /// Copies another log's records and snapshots into this empty log, keeping their sequence
+    /// numbers (a log whose head was cut starts at its first snapshot, not at 0).
+    pub fn import(&mut self, source: &dyn EventLog) -> Result<(), StorageError> {
+        if self.next_seq != 0 || !self.snapshot_seqs()?.is_empty() {
+            return Err(StorageError::Backend { path: self.path.clone(), message: "import needs an empty log".into() });
+        }
+        for seq in source.snapshot_seqs()? {
+            if let Some(entry) = source.snapshot(seq)? {
+                self.put_snapshot(seq, &entry)?;
+            }
+        }
+        self.first_seq = source.first_seq();
+        self.next_seq = source.first_seq();
+        for raw in source.scan(source.first_seq()) {
+            let (seq, bytes) = raw?;
+            if seq != self.next_seq {
+                return Err(LogError::Gap { expected: self.next_seq, found: seq }.into());
+            }
+            self.append_bytes(bytes)?;
+        }
+        self.sync()
+    }
+
     /// Approximate bytes on disk.
     pub fn disk_space(&self) -> u64 {
         self.events.disk_space()
@@ -439,6 +480,12 @@ mod tests {
         assert_eq!((cut.first_seq(), cut.next_seq()), (2, 3));
         assert_eq!(cut.snapshot(2).expect("read"), Some(entry));
         assert_eq!(read_records(&cut).count(), 1);
+    }
+
+    #[test]
+    fn borrowed_input_encoding_matches_the_owned_one() {
+        let (time, input) = (Time::new(5, 6), Input::Received { conn: ConnId(3), bytes: vec![1, 2, 3] });
+        assert_eq!(encode_input_record(&time, &input), encode_record(&LogRecord::Input { time, input }));
     }
 
     #[test]
