@@ -141,6 +141,7 @@ pub enum CloseReason {
     Duplicate,
     Unresponsive,
     InboundLimit { max: u32 },
+    OutboundLimit { max: u32 },
     PerIpLimit { ip: IpAddr, max: u32 },
     Banned,
     BootstrapReleased,
@@ -163,6 +164,7 @@ impl fmt::Display for CloseReason {
             CloseReason::Duplicate => f.write_str("duplicate connection to a peer we already have"),
             CloseReason::Unresponsive => f.write_str("peer did not answer a request in time"),
             CloseReason::InboundLimit { max } => write!(f, "inbound connection limit {max} reached"),
+            CloseReason::OutboundLimit { max } => write!(f, "outbound connection limit {max} reached"),
             CloseReason::PerIpLimit { ip, max } => write!(f, "per-IP connection limit {max} reached for {ip}"),
             CloseReason::Banned => f.write_str("peer is blacklisted"),
             CloseReason::BootstrapReleased => f.write_str("enough peers; releasing bootstrap connection"),
@@ -1287,7 +1289,7 @@ impl Node {
                 return Some(CloseReason::InboundLimit { max: cfg.max_inbound });
             }
             Direction::Outbound if outbound >= cfg.max_outbound => {
-                return Some(CloseReason::Protocol("outbound limit".into()));
+                return Some(CloseReason::OutboundLimit { max: cfg.max_outbound });
             }
             _ => {}
         }

@@ -69,14 +69,8 @@ fn inbound_sends(bytes: Vec<u8>) -> Option<CloseReason> {
 
 #[test]
 fn valid_handshake_establishes_and_answers() {
-    let mut node = first_node(Config::default());
-    let peer = Identity::from_secret_bytes(&[2; 32]);
-    let conn = ConnId::inbound(1);
+    let (_, conn, peer, outputs) = established_peer();
     let binding = Binding([5; 32]);
-    open(&mut node, conn, peer_addr(2), binding);
-    node.handle(at(2), Input::Received { conn, bytes: hello_from(&peer, binding, "mynet-dev", "1.0.0", WALL) });
-    let outputs = drain(&mut node);
-    assert_eq!(node.peer_ids(), vec![peer.node_id()]);
     let ack = outputs.iter().find_map(|o| match o {
         Output::Send { conn: c, bytes } if *c == conn => Some(bytes.clone()),
         _ => None,
@@ -291,24 +285,25 @@ fn unreachable_bootstrap_fails_after_all_rounds() {
     assert_eq!(node.phase(), Phase::Failed);
 }
 
-/// Establishes an inbound peer on a first node; returns the node, the conn and the peer.
-fn established_peer() -> (Node, ConnId, Identity) {
+/// Establishes an inbound peer on a first node (binding [5; 32]); returns the node, the conn,
+/// the peer and the outputs of the step that completed the handshake.
+fn established_peer() -> (Node, ConnId, Identity, Vec<Output>) {
     let mut node = first_node(Config::default());
     let peer = Identity::from_secret_bytes(&[2; 32]);
     let conn = ConnId::inbound(1);
     let binding = Binding([5; 32]);
     open(&mut node, conn, peer_addr(2), binding);
     node.handle(at(2), Input::Received { conn, bytes: hello_from(&peer, binding, "mynet-dev", "1.0.0", WALL) });
-    drain(&mut node);
+    let outputs = drain(&mut node);
     assert_eq!(node.peer_ids(), vec![peer.node_id()]);
-    (node, conn, peer)
+    (node, conn, peer, outputs)
 }
 
 /// Regression (sim `--faults all`): a peer that completed a handshake and then stayed silent
 /// held a connection slot forever. Unanswered requests now end the connection.
 #[test]
 fn a_peer_that_never_answers_discovery_is_dropped() {
-    let (mut node, conn, _) = established_peer();
+    let (mut node, conn, _, _) = established_peer();
     // The discovery round asks established peers for more peers.
     node.handle(at(61_000), Input::Tick);
     let asked = drain(&mut node).iter().any(|o| matches!(o, Output::Send { conn: c, .. } if *c == conn));
@@ -321,8 +316,51 @@ fn a_peer_that_never_answers_discovery_is_dropped() {
 
 #[test]
 fn unsolicited_discovery_answers_are_violations() {
-    let (mut node, conn, _) = established_peer();
+    let (mut node, conn, _, _) = established_peer();
     node.handle(at(3), Input::Received { conn, bytes: wire::encode_frame(&Message::Peers(Vec::new())) });
     let reason = closed_reason(&drain(&mut node), conn);
     assert!(matches!(reason, Some(CloseReason::Protocol(ref what)) if what.contains("unsolicited")), "{reason:?}");
+}
+
+#[test]
+fn outbound_limit_counts_dials_still_in_their_handshake() {
+    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
+    let addr = SocketAddr::from(([10, 0, 0, 2], 7401));
+    let config = Config {
+        bootstrap_nodes: vec![mynet_core::config::BootstrapNode {
+            node_id: bootstrap.node_id(),
+            address: addr,
+            public_key: bootstrap.public_key(),
+        }],
+        max_outbound: 3,
+        ..Config::default()
+    };
+    let mut node = Node::new(config, Identity::from_secret_bytes(&[1; 32]), 7, at(0));
+    let conn = drain(&mut node)
+        .iter()
+        .find_map(|o| if let Output::Dial { conn, .. } = o { Some(*conn) } else { None })
+        .expect("dials bootstrap");
+    let binding = Binding([5; 32]);
+    node.handle(at(1), Input::Secured { conn, binding });
+    drain(&mut node);
+    let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
+    node.handle(at(2), Input::Received { conn, bytes: wire::encode_frame(&Message::HelloAck(ack)) });
+    drain(&mut node);
+    // The bootstrap node answers with ten dialable peers; none of them ever answers a dial.
+    let records = (10..20u8)
+        .map(|i| {
+            let id = Identity::from_secret_bytes(&[i; 32]);
+            mynet_core::wire::PeerRecord {
+                node_id: id.node_id(),
+                address: SocketAddr::from(([10, 0, 1, i], 7401)),
+                public_key: id.public_key(),
+            }
+        })
+        .collect();
+    node.handle(at(3), Input::Received { conn, bytes: wire::encode_frame(&Message::Peers(records)) });
+    let dials = drain(&mut node).iter().filter(|o| matches!(o, Output::Dial { .. })).count();
+    assert_eq!(dials, 2, "one outbound slot is the bootstrap link; two more dials fill the limit of 3");
+    let (_, outbound, _) = node.connection_counts();
+    assert_eq!(outbound, 3);
+    node.check_invariants().expect("limits hold");
 }

@@ -4,6 +4,7 @@
 //! postcard encoding of a [`LogRecord`]. Sequence numbers start at 0 and have no gaps; a reader
 //! reports the first position that is missing or does not decode.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
@@ -103,7 +104,7 @@ pub fn decode_record(seq: u64, bytes: &[u8]) -> Result<LogRecord, LogError> {
 }
 
 /// Raw `(seq, bytes)` records in order, as a log's `scan` yields them.
-pub type RawRecords<'a> = Box<dyn Iterator<Item = Result<(u64, Vec<u8>), StorageError>> + 'a>;
+pub type RawRecords<'a> = Box<dyn Iterator<Item = Result<(u64, Cow<'a, [u8]>), StorageError>> + 'a>;
 
 /// An append-only log of encoded records, with snapshots that let its head be cut.
 pub trait EventLog {
@@ -250,7 +251,13 @@ impl EventLog for MemLog {
     fn scan(&self, from: u64) -> RawRecords<'_> {
         let skip = from.saturating_sub(self.first) as usize;
         let first = self.first;
-        Box::new(self.records.iter().enumerate().skip(skip).map(move |(i, r)| Ok((first + i as u64, r.clone()))))
+        Box::new(
+            self.records
+                .iter()
+                .enumerate()
+                .skip(skip)
+                .map(move |(i, r)| Ok((first + i as u64, Cow::Borrowed(r.as_slice())))),
+        )
     }
 
     fn put_snapshot(&mut self, seq: u64, entry: &SnapshotEntry) -> Result<(), StorageError> {
@@ -349,7 +356,7 @@ impl FjallLog {
             if seq != self.next_seq {
                 return Err(LogError::Gap { expected: self.next_seq, found: seq }.into());
             }
-            self.append_bytes(bytes)?;
+            self.append_bytes(bytes.into_owned())?;
         }
         self.sync()
     }
@@ -389,7 +396,7 @@ impl EventLog for FjallLog {
         Box::new(self.events.range(from.to_be_bytes()..).map(move |guard| {
             let (key, value) = guard.into_inner().map_err(|e| self.backend(e))?;
             let seq = seq_of(&key)?;
-            Ok((seq, value.to_vec()))
+            Ok((seq, Cow::Owned(value.to_vec())))
         }))
     }
 
