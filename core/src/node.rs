@@ -29,6 +29,10 @@ const POINTS_VIOLATION: u32 = 50;
 const POINTS_HANDSHAKE: u32 = 20;
 /// Requests one peer may owe us at once; answers nobody asked for are violations.
 const REQUESTS_PENDING_MAX: u8 = 2;
+/// Requests a peer may make per `REQUEST_WINDOW_MS` before it counts as a flood. Honest
+/// peers ask about twice per discovery interval.
+const REQUESTS_PER_WINDOW_MAX: u16 = 10;
+const REQUEST_WINDOW_MS: u64 = 60_000;
 /// Peers asked per discovery round.
 const DISCOVERY_FANOUT: usize = 2;
 
@@ -334,6 +338,9 @@ struct Conn {
     deadline: Mono,
     /// Requests sent on this connection and not answered yet (at most `REQUESTS_PENDING_MAX`).
     requests_pending: u8,
+    /// Requests the peer made in the current window, and when the window began.
+    served_in_window: u16,
+    window_start: Mono,
     /// The identity we dialled, if we dialled a known node.
     expect: Option<NodeId>,
     bootstrap: bool,
@@ -506,6 +513,14 @@ impl Node {
         let mut ids: Vec<NodeId> =
             self.state.conns.values().filter_map(|c| c.established().map(|e| e.node_id)).collect();
         ids.sort();
+        ids
+    }
+
+    /// Ids a discovery request excludes: our peers, at most `EXCLUDE_MAX` of them (a longer
+    /// list would be refused by the receiver).
+    fn exclude_list(&self) -> Vec<NodeId> {
+        let mut ids = self.peer_ids();
+        ids.truncate(wire::EXCLUDE_MAX);
         ids
     }
 
@@ -766,6 +781,9 @@ impl Node {
 
     fn handle_received(&mut self, conn_id: ConnId, bytes: &[u8]) {
         let Some(conn) = self.state.conns.get_mut(&conn_id) else { return };
+        if bytes.is_empty() {
+            return;
+        }
         self.state.counters.bytes_in += bytes.len() as u64;
         // The buffer leaves the connection while its frames are handled (they may close it).
         let mut buffer = std::mem::take(&mut conn.frames);
@@ -971,7 +989,7 @@ impl Node {
         self.event(Event::PeerConnected { conn: conn_id, node_id: hello.node_id, addr, direction });
         if direction == Direction::Outbound {
             let max_peers = PEERS_PER_ANSWER_MAX as u16;
-            let exclude = self.peer_ids();
+            let exclude = self.exclude_list();
             if bootstrap {
                 self.bootstrap_concluded(hello.node_id, addr, true, String::new());
             }
@@ -987,6 +1005,9 @@ impl Node {
     }
 
     fn handle_peer_message(&mut self, conn_id: ConnId, peer: NodeId, message: Message) {
+        if matches!(message, Message::GetNetworkInfo | Message::DiscoverPeers { .. }) && !self.may_ask(conn_id) {
+            return self.misbehaved(conn_id, CloseReason::Protocol("request flood".into()));
+        }
         match message {
             Message::GetNetworkInfo => {
                 let peers = self.sample_for(peer, PEERS_PER_ANSWER_MAX, &[]);
@@ -1194,7 +1215,7 @@ impl Node {
         self.release_bootstrap_links();
         partial_shuffle(&mut self.state.rng, &mut peers, DISCOVERY_FANOUT);
         peers.truncate(DISCOVERY_FANOUT);
-        let exclude = self.peer_ids();
+        let exclude = self.exclude_list();
         for conn in peers {
             let message = Message::DiscoverPeers {
                 node_id: self.state.node_id,
@@ -1329,6 +1350,8 @@ impl Node {
                 state: ConnState::Opening,
                 deadline,
                 requests_pending: 0,
+                served_in_window: 0,
+                window_start: self.state.now.mono,
                 expect,
                 bootstrap,
                 frames: FrameBuffer::default(),
@@ -1384,23 +1407,26 @@ impl Node {
         self.state.awaiting.remove(&conn_id);
         let peer = conn.peer_hint();
         let was_established = conn.established().is_some();
+        // When the process itself ends (restart, shutdown) a closed connection is not news:
+        // no bootstrap verdict, no back-off, no phase change, no replacement dial.
+        let process_ending = matches!(reason, CloseReason::Restarted | CloseReason::Shutdown);
+        self.event(Event::ConnectionClosed { conn: conn_id, addr: conn.addr, peer, reason: reason.clone(), by_us });
+        if process_ending {
+            return;
+        }
         if !was_established && let Some(expected) = conn.expect {
             if conn.bootstrap {
                 self.bootstrap_concluded(expected, conn.addr, false, reason.to_string());
             }
-            if !matches!(reason, CloseReason::Restarted | CloseReason::Shutdown) {
-                self.state.known.dial_failed(&expected, self.state.now.mono);
-            }
+            self.state.known.dial_failed(&expected, self.state.now.mono);
         }
-        let restarting = matches!(reason, CloseReason::Restarted);
-        self.event(Event::ConnectionClosed { conn: conn_id, addr: conn.addr, peer, reason, by_us });
         if self.state.phase == Phase::PeerDiscovery
             && self.state.awaiting.is_empty()
             && self.state.discovery_deadline.is_some()
         {
             self.finish_discovery_phase();
         }
-        if was_established && !restarting {
+        if was_established {
             self.fill_peers();
         }
     }
@@ -1426,6 +1452,18 @@ impl Node {
             self.state.awaiting.insert(conn_id);
         }
         self.send(conn_id, &message);
+    }
+
+    /// Counts a request from the peer on `conn_id`; false once it exceeds its allowance.
+    fn may_ask(&mut self, conn_id: ConnId) -> bool {
+        let now = self.state.now.mono;
+        let Some(conn) = self.state.conns.get_mut(&conn_id) else { return false };
+        if now.ms_since(conn.window_start) >= REQUEST_WINDOW_MS {
+            conn.window_start = now;
+            conn.served_in_window = 0;
+        }
+        conn.served_in_window = conn.served_in_window.saturating_add(1);
+        conn.served_in_window <= REQUESTS_PER_WINDOW_MAX
     }
 
     /// Accounts for an answer on `conn_id`; false if none was owed.

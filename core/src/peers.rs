@@ -238,7 +238,7 @@ impl Penalties {
             let victim = self
                 .scores
                 .iter()
-                .filter(|(_, p)| p.banned_until.is_none())
+                .filter(|(_, p)| p.banned_until.is_none_or(|until| until <= now))
                 .min_by_key(|(k, p)| (p.score, p.updated, **k))
                 .map(|(k, _)| *k);
             match victim {
@@ -319,5 +319,21 @@ mod tests {
         assert_eq!(penalties.add(who, 60, Mono(0), 1000), (120, true));
         assert!(penalties.is_banned(&who, Mono(999_999)));
         assert!(!penalties.is_banned(&who, Mono(1_000_000)));
+    }
+
+    /// Regression (review): once the table was full of offenders that had ever been banned,
+    /// expired bans were never evicted and nobody new could be banned again.
+    #[test]
+    fn expired_bans_make_room_for_new_offenders() {
+        let mut penalties = Penalties::default();
+        for i in 0..OFFENDERS_MAX as u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            penalties.add(Offender::Node(NodeId(id)), BAN_SCORE, Mono(0), 1000);
+        }
+        let newcomer = Offender::Node(NodeId([0xff; 32]));
+        assert_eq!(penalties.add(newcomer, BAN_SCORE, Mono(2_000_000), 1000), (BAN_SCORE, true));
+        assert!(penalties.is_banned(&newcomer, Mono(2_000_001)));
+        assert_eq!(penalties.len(), OFFENDERS_MAX);
     }
 }

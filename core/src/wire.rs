@@ -15,8 +15,9 @@ use crate::id::{NodeId, PublicKey, bytes64};
 pub const WIRE_VERSION: u8 = 1;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
-/// Largest frame body (version byte + payload) we accept or send.
-pub const FRAME_LEN_MAX: usize = 256 * 1024;
+/// Largest frame body (version byte + payload) we accept or send. The largest message today
+/// is about 9 KiB (a full `DiscoverPeers` exclude list); bulk data will travel in chunks.
+pub const FRAME_LEN_MAX: usize = 64 * 1024;
 /// Most peers in one `Peers` or `NetworkInfo` answer (SPEC R5.1: `max_peers` 50).
 pub const PEERS_PER_ANSWER_MAX: usize = 50;
 /// Most ids in a `DiscoverPeers` exclude list.

@@ -364,3 +364,101 @@ fn outbound_limit_counts_dials_still_in_their_handshake() {
     assert_eq!(outbound, 3);
     node.check_invariants().expect("limits hold");
 }
+
+/// Regression (review): a restart while the last bootstrap round was still dialling concluded
+/// that round as failed and emitted StartupFailed, so the restarted process exited.
+#[test]
+fn a_restart_during_the_last_bootstrap_round_starts_bootstrap_afresh() {
+    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
+    let config = Config {
+        bootstrap_nodes: vec![mynet_core::config::BootstrapNode {
+            node_id: bootstrap.node_id(),
+            address: SocketAddr::from(([10, 0, 0, 2], 7401)),
+            public_key: bootstrap.public_key(),
+        }],
+        bootstrap_attempts: 1,
+        ..Config::default()
+    };
+    let mut node = Node::new(config.clone(), Identity::from_secret_bytes(&[1; 32]), 7, at(0));
+    drain(&mut node);
+    node.handle(at(100), Input::Restart { config: Box::new(config), rng_seed: 8 });
+    let outputs = drain(&mut node);
+    assert!(!outputs.iter().any(|o| matches!(o, Output::Event(Event::StartupFailed { .. }))), "{outputs:?}");
+    assert!(outputs.iter().any(|o| matches!(o, Output::Dial { .. })), "the new process dials the bootstrap node again");
+    assert_eq!(node.phase(), Phase::Bootstrap);
+}
+
+/// Regression (review): a peer could make us sample and encode thousands of answers with one
+/// message full of tiny requests.
+#[test]
+fn a_request_flood_closes_the_connection() {
+    let (mut node, conn, _, _) = established_peer();
+    let flood: Vec<u8> = (0..11).flat_map(|_| wire::encode_frame(&Message::GetNetworkInfo)).collect();
+    node.handle(at(3), Input::Received { conn, bytes: flood });
+    let outputs = drain(&mut node);
+    let answers = outputs.iter().filter(|o| matches!(o, Output::Send { conn: c, .. } if *c == conn)).count();
+    assert_eq!(answers, 10, "ten requests a minute are served");
+    assert!(matches!(closed_reason(&outputs, conn), Some(CloseReason::Protocol(ref what)) if what == "request flood"));
+}
+
+/// Regression (review): with more than 256 peers our own discovery requests carried an exclude
+/// list longer than any receiver accepts, so honest peers penalised and banned us.
+#[test]
+fn discovery_requests_fit_the_receivers_bounds_with_many_peers() {
+    let config = Config { max_inbound: 400, max_per_ip: 400, target_peers: 1, ..Config::default() };
+    let mut node = first_node(config);
+    for i in 0..300u64 {
+        let peer = Identity::from_secret_bytes(&[
+            (i % 250) as u8 + 2,
+            (i / 250) as u8 + 1,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ]);
+        let conn = ConnId::inbound(i);
+        let binding = Binding([i as u8; 32]);
+        open(&mut node, conn, SocketAddr::from(([10, 1, (i / 250) as u8, (i % 250) as u8], 4000)), binding);
+        node.handle(at(2), Input::Received { conn, bytes: hello_from(&peer, binding, "mynet-dev", "1.0.0", WALL) });
+        drain(&mut node);
+    }
+    assert_eq!(node.peer_ids().len(), 300);
+    node.handle(at(61_000), Input::Tick);
+    let mut requests = 0;
+    for output in drain(&mut node) {
+        if let Output::Send { bytes, .. } = output {
+            let message = wire::decode_body(&bytes[wire::FRAME_HEADER_LEN..]).expect("the receiver's bounds accept it");
+            if let Message::DiscoverPeers { exclude, .. } = message {
+                assert!(exclude.len() <= wire::EXCLUDE_MAX);
+                requests += 1;
+            }
+        }
+    }
+    assert!(requests > 0);
+}

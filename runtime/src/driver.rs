@@ -143,14 +143,16 @@ impl Driver {
                     self.feed(Input::Shutdown)?;
                     return self.finish();
                 }
-                Some(event) = net.recv() => self.on_net(event)?,
-                Some(request) = api.recv() => self.on_api(request),
+                // Timers and log syncs come before network events, so a busy network cannot
+                // starve deadlines (handshake and request timeouts) or durability.
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
                     if deadline.is_some() {
                         self.feed(Input::Tick)?;
                     }
                 }
                 _ = sync.tick() => self.journal.log_mut().sync()?,
+                Some(event) = net.recv() => self.on_net(event)?,
+                Some(request) = api.recv() => self.on_api(request),
             }
         }
     }

@@ -199,13 +199,13 @@ pub fn chance(rng: &mut ChaCha8Rng, p: f64) -> bool {
     p > 0.0 && unit(rng) < p
 }
 
-/// Exponentially distributed delay with the given mean (0 = never: `None`).
+/// A delay uniform in `[1 us, 2 * mean]` (0 = never: `None`). Integer arithmetic only, so
+/// every platform draws the same schedule (libm's `ln` is not bit-exact across platforms).
 pub fn next_after(rng: &mut ChaCha8Rng, mean_ms: u64) -> Option<u64> {
     if mean_ms == 0 {
         return None;
     }
-    let u = unit(rng).max(1e-12);
-    Some(((-u.ln()) * mean_ms as f64 * 1000.0) as u64 + 1)
+    Some(1 + rng.next_u64() % (2 * mean_ms * 1000))
 }
 
 /// Uniform in `[0, max]`.

@@ -33,7 +33,9 @@ impl Place {
 
     /// One-way latency to `other`, without jitter.
     pub fn latency_us(&self, other: &Place) -> u64 {
-        let d = ((self.x - other.x).powi(2) + (self.y - other.y).powi(2)).sqrt() / std::f64::consts::SQRT_2;
+        // Only +, -, * and sqrt: IEEE 754 makes these bit-exact on every platform.
+        let (dx, dy) = (self.x - other.x, self.y - other.y);
+        let d = (dx * dx + dy * dy).sqrt() / std::f64::consts::SQRT_2;
         LATENCY_US_MIN + (d * LATENCY_US_SPAN as f64) as u64
     }
 }

@@ -116,7 +116,18 @@ pub fn replay(
     identity: &Identity,
     start: Start,
     until: Option<u64>,
+    observer: Option<&mut Observer<'_>>,
+) -> Result<(ReplayReport, Option<Node>), ReplayError> {
+    replay_inner(log, identity, start, until, observer, true)
+}
+
+fn replay_inner(
+    log: &dyn EventLog,
+    identity: &Identity,
+    start: Start,
+    until: Option<u64>,
     mut observer: Option<&mut Observer<'_>>,
+    stop_on_divergence: bool,
 ) -> Result<(ReplayReport, Option<Node>), ReplayError> {
     let watching = observer.is_some();
     let mut report = ReplayReport::default();
@@ -153,7 +164,9 @@ pub fn replay(
                 let n = node.as_ref().ok_or(LogError::NoGenesis(seq))?;
                 match compare(seq, report.events, n, &state_hash, &output_hash) {
                     None => report.checkpoints += 1,
-                    Some(divergence) => report.divergence = Some(divergence),
+                    Some(divergence) => {
+                        report.divergence.get_or_insert(divergence);
+                    }
                 }
             }
         }
@@ -161,7 +174,7 @@ pub fn replay(
             observer(seq, record, &outputs, n);
         }
         report.stopped_at = Some(seq);
-        if report.divergence.is_some() || until.is_some_and(|u| seq >= u) {
+        if (stop_on_divergence && report.divergence.is_some()) || until.is_some_and(|u| seq >= u) {
             break;
         }
     }
@@ -270,7 +283,9 @@ impl<L: EventLog> Journaled<L> {
         }
         let mut torn_tail = None;
         let (report, node) = loop {
-            match replay(&log, &identity, Start::Latest, None, None) {
+            // A checkpoint mismatch (a build that behaves differently) is reported, but the
+            // whole log is still applied: stopping there would silently drop its tail.
+            match replay_inner(&log, &identity, Start::Latest, None, None, false) {
                 Err(ReplayError::Storage(StorageError::Log(LogError::Undecodable { seq, .. })))
                     if seq + 1 == log.next_seq() && torn_tail.is_none() =>
                 {

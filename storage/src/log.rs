@@ -421,13 +421,15 @@ impl EventLog for FjallLog {
     }
 
     fn truncate_before(&mut self, seq: u64) -> Result<(), StorageError> {
-        let doomed: Vec<u64> = self.snapshot_seqs()?.into_iter().filter(|s| *s < seq).collect();
-        for s in doomed {
-            self.snapshots.remove(s.to_be_bytes()).map_err(|e| self.backend(e))?;
-        }
+        // Records first: a crash in between leaves an old snapshot too many, never a log whose
+        // first record no snapshot covers.
         while self.first_seq < seq.min(self.next_seq) {
             self.events.remove(self.first_seq.to_be_bytes()).map_err(|e| self.backend(e))?;
             self.first_seq += 1;
+        }
+        let doomed: Vec<u64> = self.snapshot_seqs()?.into_iter().filter(|s| *s < seq).collect();
+        for s in doomed {
+            self.snapshots.remove(s.to_be_bytes()).map_err(|e| self.backend(e))?;
         }
         Ok(())
     }
