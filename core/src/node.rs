@@ -1046,11 +1046,12 @@ impl Node {
     }
 
     fn sample_for(&mut self, requester: NodeId, max: usize, exclude: &[NodeId]) -> Vec<PeerRecord> {
-        let excluded: BTreeSet<NodeId> = exclude.iter().copied().collect();
+        let mut excluded = exclude.to_vec();
+        excluded.sort_unstable();
         let self_id = self.state.node_id;
-        self.state
-            .known
-            .sample_verified(&mut self.state.rng, max, |id| *id == requester || *id == self_id || excluded.contains(id))
+        self.state.known.sample_verified(&mut self.state.rng, max, |id| {
+            *id == requester || *id == self_id || excluded.binary_search(id).is_ok()
+        })
     }
 
     fn learn_peers(&mut self, conn_id: ConnId, from: NodeId, records: &[PeerRecord]) {
@@ -1058,7 +1059,9 @@ impl Node {
         let mut new = 0;
         let mut forged = false;
         for record in records {
-            if NodeId::from_public_key(&record.public_key) != record.node_id {
+            // A key we already hold for this id was checked when it was stored.
+            let known_key = self.state.known.get(&record.node_id).is_some_and(|k| k.public_key == record.public_key);
+            if !known_key && NodeId::from_public_key(&record.public_key) != record.node_id {
                 forged = true;
                 continue;
             }
