@@ -217,20 +217,21 @@ fn inbound_and_per_ip_limits_count_handshaking_connections() {
     node.check_invariants().expect("limits hold");
 }
 
-#[test]
-fn bootstrap_node_answering_with_another_identity_is_refused() {
-    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
-    let impostor = Identity::from_secret_bytes(&[3; 32]);
-    let addr = SocketAddr::from(([10, 0, 0, 2], 7401));
-    let config = Config {
-        bootstrap_nodes: vec![mynet_core::config::BootstrapNode {
-            node_id: bootstrap.node_id(),
-            address: addr,
-            public_key: bootstrap.public_key(),
-        }],
-        bootstrap_attempts: 1,
-        ..Config::default()
+/// A config whose only bootstrap node is `bootstrap` at 10.0.0.2:7401.
+fn bootstrap_config(bootstrap: &Identity) -> Config {
+    let entry = mynet_core::config::BootstrapNode {
+        node_id: bootstrap.node_id(),
+        address: SocketAddr::from(([10, 0, 0, 2], 7401)),
+        public_key: bootstrap.public_key(),
     };
+    Config { bootstrap_nodes: vec![entry], ..Config::default() }
+}
+
+/// A joining node (config from `bootstrap_config`, then `tweak`) whose dial to its bootstrap
+/// node has a secure channel (binding [5; 32]) and is waiting for the handshake answer.
+fn joining_node(bootstrap: &Identity, tweak: impl FnOnce(&mut Config)) -> (Node, ConnId, Binding) {
+    let mut config = bootstrap_config(bootstrap);
+    tweak(&mut config);
     let mut node = Node::new(config, Identity::from_secret_bytes(&[1; 32]), 7, at(0));
     let conn = drain(&mut node)
         .iter()
@@ -239,6 +240,14 @@ fn bootstrap_node_answering_with_another_identity_is_refused() {
     let binding = Binding([5; 32]);
     node.handle(at(1), Input::Secured { conn, binding });
     drain(&mut node);
+    (node, conn, binding)
+}
+
+#[test]
+fn bootstrap_node_answering_with_another_identity_is_refused() {
+    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
+    let impostor = Identity::from_secret_bytes(&[3; 32]);
+    let (mut node, conn, binding) = joining_node(&bootstrap, |c| c.bootstrap_attempts = 1);
     let ack = build_hello(&impostor, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
     node.handle(at(2), Input::Received { conn, bytes: wire::encode_frame(&Message::HelloAck(ack)) });
     let outputs = drain(&mut node);
@@ -250,16 +259,7 @@ fn bootstrap_node_answering_with_another_identity_is_refused() {
 #[test]
 fn unreachable_bootstrap_fails_after_all_rounds() {
     let bootstrap = Identity::from_secret_bytes(&[2; 32]);
-    let config = Config {
-        bootstrap_nodes: vec![mynet_core::config::BootstrapNode {
-            node_id: bootstrap.node_id(),
-            address: SocketAddr::from(([10, 0, 0, 2], 7401)),
-            public_key: bootstrap.public_key(),
-        }],
-        bootstrap_attempts: 2,
-        bootstrap_retry_ms: 500,
-        ..Config::default()
-    };
+    let config = Config { bootstrap_attempts: 2, bootstrap_retry_ms: 500, ..bootstrap_config(&bootstrap) };
     let mut node = Node::new(config, Identity::from_secret_bytes(&[1; 32]), 7, at(0));
     let mut now_ms = 0;
     let mut failures = 0;
@@ -325,24 +325,7 @@ fn unsolicited_discovery_answers_are_violations() {
 #[test]
 fn outbound_limit_counts_dials_still_in_their_handshake() {
     let bootstrap = Identity::from_secret_bytes(&[2; 32]);
-    let addr = SocketAddr::from(([10, 0, 0, 2], 7401));
-    let config = Config {
-        bootstrap_nodes: vec![mynet_core::config::BootstrapNode {
-            node_id: bootstrap.node_id(),
-            address: addr,
-            public_key: bootstrap.public_key(),
-        }],
-        max_outbound: 3,
-        ..Config::default()
-    };
-    let mut node = Node::new(config, Identity::from_secret_bytes(&[1; 32]), 7, at(0));
-    let conn = drain(&mut node)
-        .iter()
-        .find_map(|o| if let Output::Dial { conn, .. } = o { Some(*conn) } else { None })
-        .expect("dials bootstrap");
-    let binding = Binding([5; 32]);
-    node.handle(at(1), Input::Secured { conn, binding });
-    drain(&mut node);
+    let (mut node, conn, binding) = joining_node(&bootstrap, |c| c.max_outbound = 3);
     let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
     node.handle(at(2), Input::Received { conn, bytes: wire::encode_frame(&Message::HelloAck(ack)) });
     drain(&mut node);
@@ -370,15 +353,7 @@ fn outbound_limit_counts_dials_still_in_their_handshake() {
 #[test]
 fn a_restart_during_the_last_bootstrap_round_starts_bootstrap_afresh() {
     let bootstrap = Identity::from_secret_bytes(&[2; 32]);
-    let config = Config {
-        bootstrap_nodes: vec![mynet_core::config::BootstrapNode {
-            node_id: bootstrap.node_id(),
-            address: SocketAddr::from(([10, 0, 0, 2], 7401)),
-            public_key: bootstrap.public_key(),
-        }],
-        bootstrap_attempts: 1,
-        ..Config::default()
-    };
+    let config = Config { bootstrap_attempts: 1, ..bootstrap_config(&bootstrap) };
     let mut node = Node::new(config.clone(), Identity::from_secret_bytes(&[1; 32]), 7, at(0));
     drain(&mut node);
     node.handle(at(100), Input::Restart { config: Box::new(config), rng_seed: 8 });
