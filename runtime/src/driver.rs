@@ -80,6 +80,7 @@ pub struct Driver {
     outputs: Vec<Output>,
     facts: Facts,
     failure: Option<(Phase, String)>,
+    sync_task: Option<JoinHandle<Result<(), mynet_storage::StorageError>>>,
 }
 
 impl Driver {
@@ -101,6 +102,7 @@ impl Driver {
             outputs: Vec::new(),
             facts,
             failure: None,
+            sync_task: None,
         };
         driver.execute(initial);
         driver
@@ -150,11 +152,25 @@ impl Driver {
                         self.feed(Input::Tick)?;
                     }
                 }
-                _ = sync.tick() => self.journal.log_mut().sync()?,
+                _ = sync.tick() => self.sync_in_background().await?,
                 Some(event) = net.recv() => self.on_net(event)?,
                 Some(request) = api.recv() => self.on_api(request),
             }
         }
+    }
+
+    /// Starts an fsync of the event log on the blocking pool unless one is still running, and
+    /// stops the node if the previous one failed (a failed fsync may have lost data).
+    /// Shutdown and snapshots sync on this thread, so nothing is left unsynced at exit.
+    async fn sync_in_background(&mut self) -> Result<()> {
+        if self.sync_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return Ok(());
+        }
+        if let Some(task) = self.sync_task.take() {
+            task.await??;
+        }
+        self.sync_task = Some(tokio::task::spawn_blocking(self.journal.log().syncer()));
+        Ok(())
     }
 
     fn finish(&mut self) -> Result<()> {

@@ -361,6 +361,15 @@ impl FjallLog {
         self.sync()
     }
 
+    /// A function that makes everything written so far durable, for another thread: fsync
+    /// can take milliseconds and should not stall the thread that drives the node.
+    pub fn syncer(&self) -> impl FnOnce() -> Result<(), StorageError> + Send + 'static {
+        let (db, path) = (self.db.clone(), self.path.clone());
+        move || {
+            db.persist(fjall::PersistMode::SyncAll).map_err(|e| StorageError::Backend { path, message: e.to_string() })
+        }
+    }
+
     /// Approximate bytes on disk.
     pub fn disk_space(&self) -> u64 {
         self.events.disk_space()
