@@ -9,6 +9,11 @@ use crate::log::{
     EventLog, LogError, LogRecord, SnapshotEntry, StorageError, encode_input_record, encode_record, read_records_from,
 };
 
+/// Log bytes after which a snapshot is taken regardless of input count: at least this...
+const SNAPSHOT_BYTES_MIN: u64 = 64 * 1024;
+/// ...and at most this, or half of `log_retain_bytes` in between.
+const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+
 /// A node whose inputs are journaled.
 #[derive(Debug)]
 pub struct Journaled<L: EventLog> {
@@ -17,6 +22,8 @@ pub struct Journaled<L: EventLog> {
     since_checkpoint: u64,
     since_snapshot: u64,
     last_snapshot: Mono,
+    /// `log_bytes` when the last snapshot was taken.
+    snapshot_log_bytes: u64,
     /// Bytes appended from genesis on (continues across snapshots and restarts).
     log_bytes: u64,
 }
@@ -260,7 +267,15 @@ impl<L: EventLog> Journaled<L> {
         log.append_bytes(genesis)?;
         let mut node = Node::new(config, identity, rng_seed, now);
         out.extend(std::iter::from_fn(|| node.poll_output()));
-        Ok(Journaled { node, log, since_checkpoint: 0, since_snapshot: 0, last_snapshot: now.mono, log_bytes })
+        Ok(Journaled {
+            node,
+            log,
+            since_checkpoint: 0,
+            since_snapshot: 0,
+            last_snapshot: now.mono,
+            log_bytes,
+            snapshot_log_bytes: 0,
+        })
     }
 
     /// Continues a node from its log: restores the newest snapshot, replays the tail, then
@@ -311,8 +326,15 @@ impl<L: EventLog> Journaled<L> {
             divergence: report.divergence,
         };
         let now = clock(Some(node.now()));
-        let mut journaled =
-            Journaled { node, log, since_checkpoint: 0, since_snapshot: 0, last_snapshot: now.mono, log_bytes };
+        let mut journaled = Journaled {
+            node,
+            log,
+            since_checkpoint: 0,
+            since_snapshot: 0,
+            last_snapshot: now.mono,
+            log_bytes,
+            snapshot_log_bytes: log_bytes,
+        };
         journaled.handle(now, Input::Restart { config: Box::new(config), rng_seed }, out)?;
         Ok((journaled, recovery))
     }
@@ -332,8 +354,12 @@ impl<L: EventLog> Journaled<L> {
         self.since_checkpoint += 1;
         self.since_snapshot += 1;
         let config = self.node.config();
+        // Large inputs also bring a snapshot forward, so the log behind the newest snapshot
+        // never grows far past what retention may cut.
+        let bytes_due = (config.log_retain_bytes / 2).clamp(SNAPSHOT_BYTES_MIN, SNAPSHOT_BYTES_MAX);
         let snapshot_due = self.since_snapshot >= config.snapshot_interval_events
-            || now.mono.ms_since(self.last_snapshot) >= config.snapshot_interval_ms;
+            || now.mono.ms_since(self.last_snapshot) >= config.snapshot_interval_ms
+            || self.log_bytes - self.snapshot_log_bytes >= bytes_due;
         if snapshot_due {
             self.snapshot(now)?;
         } else if self.since_checkpoint >= config.checkpoint_interval_events {
@@ -372,6 +398,7 @@ impl<L: EventLog> Journaled<L> {
         self.log.sync()?;
         self.since_snapshot = 0;
         self.last_snapshot = now.mono;
+        self.snapshot_log_bytes = self.log_bytes;
         self.apply_retention(now)
     }
 
@@ -570,5 +597,19 @@ mod tests {
             Journaled::open(log, Config::default(), identity, 6, |_| Time::new(1_000, 1), &mut out).expect("open");
         assert_eq!(recovery.torn_tail, Some(0));
         verify_against_log(reopened.log(), reopened.node()).expect("consistent");
+    }
+
+    #[test]
+    fn large_inputs_bring_a_snapshot_forward() {
+        let identity = Identity::from_secret_bytes(&[1; 32]);
+        let config = Config { snapshot_interval_events: 1_000_000, log_retain_bytes: 128 * 1024, ..Config::default() };
+        let mut out = Vec::new();
+        let mut j = Journaled::create(MemLog::new(), config, identity, 5, Time::default(), &mut out).expect("create");
+        for i in 0..10u64 {
+            // Inputs for an unknown connection are logged (and ignored by the node).
+            let input = Input::Received { conn: ConnId(99), bytes: vec![7; 10_000] };
+            j.handle(Time::new(1000 * i, i), input, &mut out).expect("handle");
+        }
+        assert!(!j.log().snapshot_seqs().expect("seqs").is_empty(), "100 KB of inputs passed half the retention limit");
     }
 }
