@@ -267,15 +267,21 @@ impl<L: EventLog> Journaled<L> {
         log.append_bytes(genesis)?;
         let mut node = Node::new(config, identity, rng_seed, now);
         out.extend(std::iter::from_fn(|| node.poll_output()));
-        Ok(Journaled {
+        Ok(Journaled::assemble(node, log, now.mono, log_bytes, 0))
+    }
+
+    /// A journaled node whose counters start now; `snapshot_log_bytes` is `log_bytes` at the
+    /// last snapshot (or at genesis).
+    fn assemble(node: Node, log: L, now: Mono, log_bytes: u64, snapshot_log_bytes: u64) -> Journaled<L> {
+        Journaled {
             node,
             log,
             since_checkpoint: 0,
             since_snapshot: 0,
-            last_snapshot: now.mono,
+            last_snapshot: now,
             log_bytes,
-            snapshot_log_bytes: 0,
-        })
+            snapshot_log_bytes,
+        }
     }
 
     /// Continues a node from its log: restores the newest snapshot, replays the tail, then
@@ -326,15 +332,7 @@ impl<L: EventLog> Journaled<L> {
             divergence: report.divergence,
         };
         let now = clock(Some(node.now()));
-        let mut journaled = Journaled {
-            node,
-            log,
-            since_checkpoint: 0,
-            since_snapshot: 0,
-            last_snapshot: now.mono,
-            log_bytes,
-            snapshot_log_bytes: log_bytes,
-        };
+        let mut journaled = Journaled::assemble(node, log, now.mono, log_bytes, log_bytes);
         journaled.handle(now, Input::Restart { config: Box::new(config), rng_seed }, out)?;
         Ok((journaled, recovery))
     }
