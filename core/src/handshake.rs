@@ -1,4 +1,5 @@
-//! The application handshake (SPEC R6.2), signed and bound to the secure channel.
+//! The application handshake (SPEC R6.2), signed and bound to the secure channel, and the
+//! per-connection machine that runs it (secured → Hello → handshake_response → established).
 //!
 //! Each side signs its [`Hello`] together with its role and the channel binding (the Noise
 //! handshake hash in production, a seeded random value in the simulator). A captured Hello is
@@ -10,13 +11,55 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::{parse_version, versions_compatible};
-use crate::id::{NodeId, PublicKey};
+use crate::conns::{ConnState, Established};
+use crate::context::Cx;
+use crate::event::{CloseReason, Direction, Event};
+use crate::id::{ConnId, NodeId, PublicKey, bytes64};
 use crate::identity::{self, Identity};
-use crate::wire::Hello;
+use crate::penalties::Offender;
+use crate::wire::{Message, SHORT_STRING_MAX, WireError};
 
 /// Capabilities this build announces (SPEC R6.2 `supported_features`).
 pub const FEATURES: [&str; 3] = ["content_sync", "consensus", "dht"];
 const DOMAIN: &str = "mynet/handshake/v1";
+/// Most feature names in a handshake.
+pub const FEATURES_MAX: usize = 16;
+
+/// The signed body of both handshake messages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's id; must be BLAKE3 of `public_key`.
+    pub node_id: NodeId,
+    /// The sender's ed25519 key.
+    pub public_key: PublicKey,
+    /// Network the sender belongs to.
+    pub network_id: String,
+    /// Protocol version the sender speaks.
+    pub network_version: String,
+    /// Capabilities, e.g. `content_sync`, `consensus`, `dht`.
+    pub features: Vec<String>,
+    /// Sender's wall clock, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Where the sender accepts connections, if anywhere.
+    pub listen_addr: Option<SocketAddr>,
+    /// ed25519 over the canonical body, the role and the channel binding.
+    #[serde(with = "bytes64")]
+    pub signature: [u8; 64],
+}
+
+/// Decode bounds of a Hello: short strings, few features.
+pub fn check_bounds(hello: &Hello) -> Result<(), WireError> {
+    if hello.network_id.len() > SHORT_STRING_MAX || hello.network_version.len() > SHORT_STRING_MAX {
+        return Err(WireError::OutOfBounds("handshake string field too long".into()));
+    }
+    if hello.features.len() > FEATURES_MAX || hello.features.iter().any(|f| f.len() > SHORT_STRING_MAX) {
+        return Err(WireError::OutOfBounds(format!(
+            "{} features; at most {FEATURES_MAX} of {SHORT_STRING_MAX} bytes",
+            hello.features.len()
+        )));
+    }
+    Ok(())
+}
 
 /// Which end of the connection signed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,6 +190,163 @@ fn signed_bytes(hello: &Hello, role: Role, binding: Binding) -> Vec<u8> {
         listen_addr: hello.listen_addr,
     };
     postcard::to_allocvec(&signed).expect("postcard encoding into a Vec cannot fail")
+}
+
+/// A connection whose handshake just completed, as the other modules learn of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// The connection.
+    pub conn: ConnId,
+    /// The proven peer.
+    pub node_id: NodeId,
+    /// Its key.
+    pub public_key: PublicKey,
+    /// Where it listens, if it said.
+    pub listen_addr: Option<SocketAddr>,
+    /// The remote address of the connection.
+    pub addr: SocketAddr,
+    /// Who dialled.
+    pub direction: Direction,
+    /// Whether it is a link to a bootstrap node.
+    pub bootstrap: bool,
+}
+
+/// The secure channel of `conn` is up: the initiator sends its Hello, the responder waits.
+pub(crate) fn handle_secured(cx: &mut Cx<'_>, identity: &Identity, conn_id: ConnId, binding: Binding) {
+    let Some(conn) = cx.conns.get_mut(conn_id) else { return };
+    if !matches!(conn.state, ConnState::Opening) {
+        return;
+    }
+    match conn.direction {
+        Direction::Inbound => conn.state = ConnState::AwaitHello { binding },
+        Direction::Outbound => {
+            conn.state = ConnState::AwaitAck { binding };
+            let hello = own_hello(cx, identity, Role::Initiator, binding);
+            let _ = cx.send(conn_id, &Message::Hello(hello));
+        }
+    }
+}
+
+/// A message on a connection whose handshake has not completed. Returns the link if it
+/// completed it.
+pub(crate) fn handle_message(cx: &mut Cx<'_>, identity: &Identity, conn_id: ConnId, message: Message) -> Option<Link> {
+    let state = cx.conns.get(conn_id).map(|c| c.state.clone())?;
+    match (state, message) {
+        (ConnState::AwaitHello { binding }, Message::Hello(hello)) => {
+            handle_hello(cx, identity, conn_id, hello, Role::Initiator, binding)
+        }
+        (ConnState::AwaitAck { binding }, Message::HelloAck(hello)) => {
+            handle_hello(cx, identity, conn_id, hello, Role::Responder, binding)
+        }
+        (_, message) => {
+            cx.misbehaved(conn_id, CloseReason::BeforeHandshake(message.kind()));
+            None
+        }
+    }
+}
+
+fn own_hello(cx: &Cx<'_>, identity: &Identity, role: Role, binding: Binding) -> Hello {
+    let (cfg, listen) = (cx.config, cx.advertised_addr());
+    build_hello(identity, role, binding, &cfg.network_id, &cfg.protocol_version, cx.now.wall_ms, listen)
+}
+
+fn handle_hello(
+    cx: &mut Cx<'_>,
+    identity: &Identity,
+    conn_id: ConnId,
+    hello: Hello,
+    role: Role,
+    binding: Binding,
+) -> Option<Link> {
+    let cfg = cx.config;
+    let expect = Expect {
+        our_id: cx.node_id,
+        network_id: &cfg.network_id,
+        version: &cfg.protocol_version,
+        now_wall_ms: cx.now.wall_ms,
+        max_skew_ms: cfg.max_clock_skew_ms,
+    };
+    if let Err(err) = verify_hello(&hello, role, binding, &expect) {
+        cx.counters.handshakes_failed += 1;
+        let offensive = !matches!(err, HandshakeError::SelfConnection | HandshakeError::ClockSkew { .. });
+        if offensive {
+            cx.misbehaved(conn_id, CloseReason::Handshake(err));
+        } else {
+            cx.close(conn_id, CloseReason::Handshake(err));
+        }
+        return None;
+    }
+    let conn = cx.conns.get(conn_id)?;
+    if let Some(expected) = conn.expect.filter(|e| *e != hello.node_id) {
+        cx.close(conn_id, CloseReason::UnexpectedIdentity { expected, got: hello.node_id });
+        return None;
+    }
+    if cx.penalties.is_banned(&Offender::Node(hello.node_id), cx.now.mono) {
+        cx.close(conn_id, CloseReason::Banned);
+        return None;
+    }
+    if keep_existing(cx, conn_id, hello.node_id) {
+        cx.close(conn_id, CloseReason::Duplicate);
+        return None;
+    }
+    if role == Role::Initiator {
+        let ack = own_hello(cx, identity, Role::Responder, binding);
+        let _ = cx.send(conn_id, &Message::HelloAck(ack));
+    }
+    establish(cx, conn_id, &hello)
+}
+
+/// If `conn_id` duplicates an established connection to `peer`, whether the existing one is
+/// kept (and if not, it is closed). Both ends apply the same rule (keep the one dialled by the
+/// lower id), so a simultaneous dial leaves exactly one connection.
+fn keep_existing(cx: &mut Cx<'_>, conn_id: ConnId, peer: NodeId) -> bool {
+    let Some((existing_id, existing_dir)) = cx
+        .conns
+        .established()
+        .find(|(id, _, e)| *id != conn_id && e.node_id == peer)
+        .map(|(id, c, _)| (id, c.direction))
+    else {
+        return false;
+    };
+    let Some(new_dir) = cx.conns.get(conn_id).map(|c| c.direction) else { return true };
+    if existing_dir == new_dir {
+        return true;
+    }
+    let us = cx.node_id;
+    let initiator_of = |dir: Direction| if dir == Direction::Outbound { us } else { peer };
+    let keep = initiator_of(existing_dir) < initiator_of(new_dir);
+    if !keep {
+        cx.close(existing_id, CloseReason::Duplicate);
+    }
+    keep
+}
+
+fn establish(cx: &mut Cx<'_>, conn_id: ConnId, hello: &Hello) -> Option<Link> {
+    let now = cx.now.mono;
+    let conn = cx.conns.get(conn_id)?;
+    // A listen address with an unspecified IP means "the address you see me at".
+    let listen_addr =
+        hello.listen_addr.map(|a| if a.ip().is_unspecified() { SocketAddr::new(conn.addr.ip(), a.port()) } else { a });
+    let link = Link {
+        conn: conn_id,
+        node_id: hello.node_id,
+        public_key: hello.public_key,
+        listen_addr,
+        addr: conn.addr,
+        direction: conn.direction,
+        bootstrap: conn.bootstrap,
+    };
+    let established = Established { node_id: hello.node_id, public_key: hello.public_key, listen_addr, since: now };
+    cx.conns.establish(conn_id, established);
+    cx.requests.open(conn_id, now);
+    cx.counters.handshakes_ok += 1;
+    cx.event(Event::PeerConnected {
+        conn: conn_id,
+        node_id: hello.node_id,
+        addr: link.addr,
+        direction: link.direction,
+    });
+    Some(link)
 }
 
 #[cfg(test)]

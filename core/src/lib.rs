@@ -5,22 +5,30 @@
 //! needs a [`Input::Tick`]. There is no I/O, no clock, no OS randomness and no thread here,
 //! which is what lets the same code run in production, in the simulator and in replay.
 
+pub mod bootstrap;
 pub mod config;
+pub mod conns;
+pub mod context;
+pub mod discovery;
+pub mod event;
 pub mod handshake;
 pub mod hex;
 pub mod id;
 pub mod identity;
 pub mod node;
 pub mod peers;
+pub mod penalties;
+pub mod request;
 pub mod time;
 pub mod wire;
 
 pub use config::{Config, ConfigError, Layer, Source};
+pub use context::{Counters, Output};
+pub use event::{CloseReason, Direction, Event, Phase, StartupFailure, Violation};
 pub use id::{ConnId, NodeId, PublicKey};
 pub use identity::{Identity, IdentityError};
-pub use node::{
-    CloseReason, Direction, Event, Input, Node, NodeStatus, Output, PeerStatus, Phase, SnapshotError, TimerKind,
-};
+pub use node::{Input, InvariantViolation, Node, NodeStatus, PeerStatus, SnapshotError, TimerKind};
+pub use request::RequestId;
 pub use time::{Mono, Time};
 pub use wire::{Message, WireError};
 

@@ -1,8 +1,11 @@
-//! What the node remembers about other nodes: discovered peers, dial back-off, and the
-//! misbehaviour scores that lead to a blacklist (SPEC R5.5, R6.3). Everything here is bounded.
+//! What the node remembers about other nodes: discovered peers and dial back-off (SPEC R5.5).
+//!
+//! The table is bounded by `max_known_peers` and indexed so that nothing per message or per
+//! closed connection walks it: random sampling draws from id vectors (O(k log n) for k peers),
+//! eviction takes the first entry of an ordered set (O(log n)).
 
-use core::net::{IpAddr, SocketAddr};
-use std::collections::BTreeMap;
+use core::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand_chacha::ChaCha8Rng;
 use rand_core::Rng;
@@ -12,10 +15,6 @@ use crate::id::{NodeId, PublicKey};
 use crate::time::Mono;
 use crate::wire::PeerRecord;
 
-/// Score at which an offender is blacklisted.
-pub const BAN_SCORE: u32 = 100;
-/// Most offenders tracked at once; the lowest score is forgotten first.
-pub const OFFENDERS_MAX: usize = 4096;
 /// Dial failures after which an unverified peer is forgotten.
 pub const UNVERIFIED_FAILURES_MAX: u32 = 3;
 /// Longest pause between two dials of one peer.
@@ -38,19 +37,40 @@ pub struct KnownPeer {
     pub failures: u32,
     /// Earliest time to dial it again.
     pub next_dial: Mono,
+    /// Position in the pool of every known id.
+    slot: u32,
+    /// Position in the pool of verified ids, if verified.
+    verified_slot: Option<u32>,
 }
+
+impl KnownPeer {
+    /// Eviction key: unverified before verified, then the longest unseen, then by id.
+    fn rank(&self, id: NodeId) -> (bool, Mono, NodeId) {
+        (self.verified, self.last_seen, id)
+    }
+}
+
+/// Pools at most this large are sampled exactly (a shuffled scan); larger ones by drawing
+/// random positions, at most `want * 4 + 64` times.
+pub const SCAN_MAX: usize = 256;
 
 /// The table of known peers, bounded by `max`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct KnownPeers {
     peers: BTreeMap<NodeId, KnownPeer>,
+    /// Every known id, in no particular order (each peer's `slot` is its position).
+    all: Vec<NodeId>,
+    /// Every verified id (each verified peer's `verified_slot` is its position).
+    verified: Vec<NodeId>,
+    /// Eviction order, least useful first.
+    ranked: BTreeSet<(bool, Mono, NodeId)>,
     max: usize,
 }
 
 impl KnownPeers {
     /// An empty table holding at most `max` peers.
     pub fn new(max: usize) -> KnownPeers {
-        KnownPeers { peers: BTreeMap::new(), max: max.max(1) }
+        KnownPeers { max: max.max(1), ..KnownPeers::default() }
     }
 
     /// Changes the bound, forgetting peers if it shrank.
@@ -76,61 +96,49 @@ impl KnownPeers {
         self.peers.get(id)
     }
 
+    /// How many known peers are verified.
+    pub fn verified_len(&self) -> usize {
+        self.verified.len()
+    }
+
     /// Records a peer heard of through discovery; returns whether it was new.
     pub fn learn(&mut self, record: &PeerRecord, now: Mono) -> bool {
-        if let Some(known) = self.peers.get_mut(&record.node_id) {
-            known.last_seen = now;
-            if !known.verified {
-                known.addr = record.address;
-                known.public_key = record.public_key;
-            }
+        if self.peers.contains_key(&record.node_id) {
+            self.update(record.node_id, |known| {
+                known.last_seen = now;
+                if !known.verified {
+                    known.addr = record.address;
+                    known.public_key = record.public_key;
+                }
+            });
             return false;
         }
         if self.peers.len() >= self.max && !self.evict_one() {
             return false;
         }
-        self.peers.insert(
-            record.node_id,
-            KnownPeer {
-                public_key: record.public_key,
-                addr: record.address,
-                verified: false,
-                discovered_at: now,
-                last_seen: now,
-                failures: 0,
-                next_dial: now,
-            },
-        );
+        self.insert(record.node_id, record.public_key, record.address, false, now);
         true
     }
 
     /// Records a peer whose handshake we verified.
     pub fn verified(&mut self, id: NodeId, public_key: PublicKey, addr: Option<SocketAddr>, now: Mono) {
-        let entry = match self.peers.get_mut(&id) {
-            Some(entry) => entry,
-            None => {
-                let Some(addr) = addr else { return };
-                if self.peers.len() >= self.max && !self.evict_one() {
-                    return;
-                }
-                self.peers.entry(id).or_insert(KnownPeer {
-                    public_key,
-                    addr,
-                    verified: true,
-                    discovered_at: now,
-                    last_seen: now,
-                    failures: 0,
-                    next_dial: now,
-                })
+        if !self.peers.contains_key(&id) {
+            let Some(addr) = addr else { return };
+            if self.peers.len() >= self.max && !self.evict_one() {
+                return;
             }
-        };
-        entry.public_key = public_key;
-        entry.verified = true;
-        entry.failures = 0;
-        entry.last_seen = now;
-        if let Some(addr) = addr {
-            entry.addr = addr;
+            self.insert(id, public_key, addr, true, now);
+            return;
         }
+        self.update(id, |entry| {
+            entry.public_key = public_key;
+            entry.verified = true;
+            entry.failures = 0;
+            entry.last_seen = now;
+            if let Some(addr) = addr {
+                entry.addr = addr;
+            }
+        });
     }
 
     /// Records a failed dial and schedules the next one with exponential back-off.
@@ -138,7 +146,7 @@ impl KnownPeers {
         let Some(entry) = self.peers.get_mut(id) else { return };
         entry.failures = entry.failures.saturating_add(1);
         if !entry.verified && entry.failures >= UNVERIFIED_FAILURES_MAX {
-            self.peers.remove(id);
+            self.remove(id);
             return;
         }
         let backoff_ms = 1000u64.saturating_mul(1 << entry.failures.min(20)).min(REDIAL_BACKOFF_MS_MAX);
@@ -147,12 +155,20 @@ impl KnownPeers {
 
     /// Forgets a peer (e.g. it proved another identity than the one we were told).
     pub fn forget(&mut self, id: &NodeId) {
-        self.peers.remove(id);
+        self.remove(id);
     }
 
-    /// Dial candidates: due, not excluded. Order is the table's (deterministic).
-    pub fn candidates(&self, now: Mono, exclude: impl Fn(&NodeId, &KnownPeer) -> bool) -> Vec<(NodeId, SocketAddr)> {
-        self.peers.iter().filter(|(id, p)| p.next_dial <= now && !exclude(id, p)).map(|(id, p)| (*id, p.addr)).collect()
+    /// Up to `want` dial candidates chosen at random: due at `now` and not excluded.
+    pub fn candidates(
+        &self,
+        rng: &mut ChaCha8Rng,
+        now: Mono,
+        want: usize,
+        exclude: impl Fn(&NodeId) -> bool,
+    ) -> Vec<(NodeId, SocketAddr)> {
+        let peers = &self.peers;
+        let due = |id: &NodeId| peers.get(id).is_some_and(|p| p.next_dial <= now) && !exclude(id);
+        pick(rng, &self.all, want, due).into_iter().filter_map(|id| peers.get(&id).map(|p| (id, p.addr))).collect()
     }
 
     /// Up to `max` verified peers chosen at random, none of them in `exclude`.
@@ -162,116 +178,152 @@ impl KnownPeers {
         max: usize,
         exclude: impl Fn(&NodeId) -> bool,
     ) -> Vec<PeerRecord> {
-        let mut pool: Vec<(&NodeId, &KnownPeer)> = self.peers.iter().filter(|(_, p)| p.verified).collect();
-        // Shuffle a uniform random prefix, then drop excluded ids from it: the exclusion test
-        // runs on the prefix only, and the survivors are still a uniform sample.
-        let mut out = Vec::with_capacity(max.min(pool.len()));
-        let mut shuffled = 0;
-        while out.len() < max && shuffled < pool.len() {
-            let batch = (max - out.len()).max(8);
-            partial_shuffle_from(rng, &mut pool, shuffled, batch);
-            let end = (shuffled + batch).min(pool.len());
-            for (id, p) in &pool[shuffled..end] {
-                if out.len() < max && !exclude(id) {
-                    out.push(PeerRecord { node_id: **id, address: p.addr, public_key: p.public_key });
-                }
-            }
-            shuffled = end;
+        pick(rng, &self.verified, max, |id| !exclude(id))
+            .into_iter()
+            .filter_map(|id| {
+                self.peers.get(&id).map(|p| PeerRecord { node_id: id, address: p.addr, public_key: p.public_key })
+            })
+            .collect()
+    }
+
+    /// Checks that the indexes agree with the table (O(n): for tests and fuzzing).
+    pub fn check(&self) -> Result<(), String> {
+        if self.peers.len() > self.max || self.all.len() != self.peers.len() || self.ranked.len() != self.peers.len() {
+            return Err(format!(
+                "{} peers (max {}), {} in the pool, {} ranked",
+                self.peers.len(),
+                self.max,
+                self.all.len(),
+                self.ranked.len()
+            ));
         }
-        out
+        let mut verified = 0;
+        for (id, p) in &self.peers {
+            if self.all.get(p.slot as usize) != Some(id) || !self.ranked.contains(&p.rank(*id)) {
+                return Err(format!("{id:?}: index out of step"));
+            }
+            match p.verified_slot {
+                Some(v) if p.verified && self.verified.get(v as usize) == Some(id) => verified += 1,
+                None if !p.verified => {}
+                _ => return Err(format!("{id:?}: verified index out of step")),
+            }
+        }
+        if verified != self.verified.len() {
+            return Err(format!("{verified} verified peers, {} in the verified pool", self.verified.len()));
+        }
+        Ok(())
+    }
+
+    fn insert(&mut self, id: NodeId, public_key: PublicKey, addr: SocketAddr, verified: bool, now: Mono) {
+        let mut peer = KnownPeer {
+            public_key,
+            addr,
+            verified,
+            discovered_at: now,
+            last_seen: now,
+            failures: 0,
+            next_dial: now,
+            slot: self.all.len() as u32,
+            verified_slot: None,
+        };
+        self.all.push(id);
+        if verified {
+            peer.verified_slot = Some(self.verified.len() as u32);
+            self.verified.push(id);
+        }
+        self.ranked.insert(peer.rank(id));
+        self.peers.insert(id, peer);
+    }
+
+    /// Changes one entry, keeping the eviction order and the verified pool in step.
+    fn update(&mut self, id: NodeId, change: impl FnOnce(&mut KnownPeer)) {
+        let Some(entry) = self.peers.get_mut(&id) else { return };
+        self.ranked.remove(&entry.rank(id));
+        change(entry);
+        self.ranked.insert(entry.rank(id));
+        if entry.verified && entry.verified_slot.is_none() {
+            entry.verified_slot = Some(self.verified.len() as u32);
+            self.verified.push(id);
+        }
+    }
+
+    fn remove(&mut self, id: &NodeId) -> bool {
+        let Some(peer) = self.peers.remove(id) else { return false };
+        self.ranked.remove(&peer.rank(*id));
+        if let Some(moved) = swap_remove(&mut self.all, peer.slot as usize)
+            && let Some(p) = self.peers.get_mut(&moved)
+        {
+            p.slot = peer.slot;
+        }
+        if let Some(slot) = peer.verified_slot
+            && let Some(moved) = swap_remove(&mut self.verified, slot as usize)
+            && let Some(p) = self.peers.get_mut(&moved)
+        {
+            p.verified_slot = Some(slot);
+        }
+        true
     }
 
     /// Forgets the least useful peer: unverified before verified, then the longest unseen.
     fn evict_one(&mut self) -> bool {
-        let victim = self.peers.iter().min_by_key(|(id, p)| (p.verified, p.last_seen, **id)).map(|(id, _)| *id);
-        match victim {
-            Some(id) => self.peers.remove(&id).is_some(),
+        match self.ranked.first().map(|(_, _, id)| *id) {
+            Some(id) => self.remove(&id),
             None => false,
         }
     }
 }
 
-/// Moves a uniform random selection of `k` elements to the front (Fisher-Yates prefix).
-pub fn partial_shuffle<T>(rng: &mut ChaCha8Rng, items: &mut [T], k: usize) {
-    partial_shuffle_from(rng, items, 0, k);
-}
-
-/// Continues a Fisher-Yates prefix shuffle: fills positions `from..from + k`.
-pub fn partial_shuffle_from<T>(rng: &mut ChaCha8Rng, items: &mut [T], from: usize, k: usize) {
-    let n = items.len();
-    for i in from..(from + k).min(n) {
-        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
-        items.swap(i, j);
+/// Removes `pool[at]` by moving the last element there; returns the moved element, if any.
+fn swap_remove(pool: &mut Vec<NodeId>, at: usize) -> Option<NodeId> {
+    if at >= pool.len() {
+        return None;
     }
+    pool.swap_remove(at);
+    pool.get(at).copied()
 }
 
-/// Who misbehaved: a proven identity, or only an address when no identity was proven yet.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Offender {
-    /// A peer whose handshake verified.
-    Node(NodeId),
-    /// An address that failed before proving anything.
-    Ip(IpAddr),
-}
-
-/// A misbehaviour score, decaying by one point a second.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Penalty {
-    /// Points at `updated`.
-    pub score: u32,
-    /// When the score was last changed.
-    pub updated: Mono,
-    /// Blacklisted until this instant, if banned.
-    pub banned_until: Option<Mono>,
-}
-
-/// Misbehaviour scores and the blacklist, bounded by [`OFFENDERS_MAX`].
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Penalties {
-    scores: BTreeMap<Offender, Penalty>,
-}
-
-impl Penalties {
-    /// Adds `points` to `who`; returns the new score and whether this banned it.
-    pub fn add(&mut self, who: Offender, points: u32, now: Mono, ban_ms: u64) -> (u32, bool) {
-        if !self.scores.contains_key(&who) && self.scores.len() >= OFFENDERS_MAX {
-            let victim = self
-                .scores
-                .iter()
-                .filter(|(_, p)| p.banned_until.is_none_or(|until| until <= now))
-                .min_by_key(|(k, p)| (p.score, p.updated, **k))
-                .map(|(k, _)| *k);
-            match victim {
-                Some(victim) => {
-                    self.scores.remove(&victim);
+/// Up to `want` distinct ids from `pool` that `accept` takes, uniformly at random. Small pools
+/// are shuffled and scanned (exact); large ones are drawn from at random positions a bounded
+/// number of times, so the cost is O(want) whatever the pool's size.
+fn pick(rng: &mut ChaCha8Rng, pool: &[NodeId], want: usize, mut accept: impl FnMut(&NodeId) -> bool) -> Vec<NodeId> {
+    let mut out = Vec::with_capacity(want.min(pool.len()));
+    if want == 0 || pool.is_empty() {
+        return out;
+    }
+    if pool.len() <= SCAN_MAX {
+        let mut order = pool.to_vec();
+        let n = order.len();
+        for i in 0..n {
+            let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+            order.swap(i, j);
+            if accept(&order[i]) {
+                out.push(order[i]);
+                if out.len() == want {
+                    break;
                 }
-                None => return (0, false),
             }
         }
-        let entry = self.scores.entry(who).or_insert(Penalty { score: 0, updated: now, banned_until: None });
-        let decayed = entry.score.saturating_sub(now.ms_since(entry.updated).min(u64::from(u32::MAX)) as u32 / 1000);
-        entry.score = decayed.saturating_add(points);
-        entry.updated = now;
-        let newly_banned = entry.score >= BAN_SCORE && entry.banned_until.is_none_or(|until| until <= now);
-        if newly_banned {
-            entry.banned_until = Some(now.plus_ms(ban_ms));
+        return out;
+    }
+    let mut tried = BTreeSet::new();
+    for _ in 0..want.saturating_mul(4).saturating_add(64) {
+        let id = pool[(rng.next_u64() % pool.len() as u64) as usize];
+        if tried.insert(id) && accept(&id) {
+            out.push(id);
+            if out.len() == want {
+                break;
+            }
         }
-        (entry.score, newly_banned)
     }
+    out
+}
 
-    /// Whether `who` is blacklisted at `now`.
-    pub fn is_banned(&self, who: &Offender, now: Mono) -> bool {
-        self.scores.get(who).and_then(|p| p.banned_until).is_some_and(|until| now < until)
-    }
-
-    /// Offenders currently tracked.
-    pub fn len(&self) -> usize {
-        self.scores.len()
-    }
-
-    /// Whether nobody is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.scores.is_empty()
+/// Moves a uniform random selection of `k` elements to the front (Fisher-Yates prefix).
+pub fn partial_shuffle<T>(rng: &mut ChaCha8Rng, items: &mut [T], k: usize) {
+    let n = items.len();
+    for i in 0..k.min(n) {
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+        items.swap(i, j);
     }
 }
 
@@ -299,6 +351,47 @@ mod tests {
         assert!(table.get(&NodeId([0; 32])).is_some(), "the verified peer survives eviction");
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         assert_eq!(table.sample_verified(&mut rng, 50, |_| false).len(), 1);
+        table.check().expect("indexes in step");
+    }
+
+    fn id(i: u32) -> NodeId {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&i.to_be_bytes());
+        NodeId(b)
+    }
+
+    #[test]
+    fn large_tables_stay_indexed_through_churn_and_sample_without_repeats() {
+        let mut table = KnownPeers::new(1000);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for i in 0..3000u32 {
+            let record = PeerRecord {
+                node_id: id(i),
+                address: SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 7401)),
+                public_key: PublicKey([0; 32]),
+            };
+            table.learn(&record, Mono(u64::from(i)));
+            if i % 3 == 0 {
+                table.verified(id(i), PublicKey([1; 32]), None, Mono(u64::from(i)));
+            }
+            if i % 7 == 0 {
+                table.dial_failed(&id(i / 2), Mono(u64::from(i)));
+            }
+            if i % 11 == 10 {
+                table.forget(&id(i - 1));
+            }
+        }
+        table.check().expect("indexes in step");
+        assert_eq!(table.len(), 1000);
+        let sample = table.sample_verified(&mut rng, 50, |_| false);
+        assert_eq!(sample.len(), 50);
+        let distinct: BTreeSet<NodeId> = sample.iter().map(|r| r.node_id).collect();
+        assert_eq!(distinct.len(), 50);
+        let candidates = table.candidates(&mut rng, Mono(10_000), 8, |id| id.0[3] % 2 == 0);
+        assert_eq!(candidates.len(), 8);
+        assert!(candidates.iter().all(|(id, _)| id.0[3] % 2 == 1));
+        table.set_max(10);
+        table.check().expect("indexes in step after shrinking");
     }
 
     #[test]
@@ -309,31 +402,5 @@ mod tests {
             table.dial_failed(&NodeId([1; 32]), Mono(0));
         }
         assert!(table.is_empty());
-    }
-
-    #[test]
-    fn penalties_ban_and_expire() {
-        let mut penalties = Penalties::default();
-        let who = Offender::Node(NodeId([1; 32]));
-        assert_eq!(penalties.add(who, 60, Mono(0), 1000), (60, false));
-        assert_eq!(penalties.add(who, 60, Mono(0), 1000), (120, true));
-        assert!(penalties.is_banned(&who, Mono(999_999)));
-        assert!(!penalties.is_banned(&who, Mono(1_000_000)));
-    }
-
-    /// Regression (review): once the table was full of offenders that had ever been banned,
-    /// expired bans were never evicted and nobody new could be banned again.
-    #[test]
-    fn expired_bans_make_room_for_new_offenders() {
-        let mut penalties = Penalties::default();
-        for i in 0..OFFENDERS_MAX as u32 {
-            let mut id = [0u8; 32];
-            id[..4].copy_from_slice(&i.to_be_bytes());
-            penalties.add(Offender::Node(NodeId(id)), BAN_SCORE, Mono(0), 1000);
-        }
-        let newcomer = Offender::Node(NodeId([0xff; 32]));
-        assert_eq!(penalties.add(newcomer, BAN_SCORE, Mono(2_000_000), 1000), (BAN_SCORE, true));
-        assert!(penalties.is_banned(&newcomer, Mono(2_000_001)));
-        assert_eq!(penalties.len(), OFFENDERS_MAX);
     }
 }

@@ -4,111 +4,182 @@
 //! counts the version byte and the payload. The length is checked against [`FRAME_LEN_MAX`]
 //! before a single byte of the payload is buffered, so a peer cannot make us allocate more.
 
-use core::net::SocketAddr;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::id::{NodeId, PublicKey, bytes64};
+use crate::discovery;
+use crate::handshake::{self, Hello};
+use crate::request::RequestId;
 
-/// The wire format version carried in every frame.
-pub const WIRE_VERSION: u8 = 1;
+pub use crate::discovery::{EXCLUDE_MAX, NetworkInfo, NetworkStats, PEERS_PER_ANSWER_MAX, PeerRecord};
+
+/// The wire format version carried in every frame (2: requests carry ids).
+pub const WIRE_VERSION: u8 = 2;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 /// Largest frame body (version byte + payload) we accept or send. The largest message today
-/// is about 9 KiB (a full `DiscoverPeers` exclude list); bulk data will travel in chunks.
+/// is about 9 KiB (a full `DiscoverPeers` exclude list); a protocol whose data can be larger
+/// pages it (see ARCHITECTURE.md, "Messages larger than a frame").
 pub const FRAME_LEN_MAX: usize = 64 * 1024;
-/// Most peers in one `Peers` or `NetworkInfo` answer (SPEC R5.1: `max_peers` 50).
-pub const PEERS_PER_ANSWER_MAX: usize = 50;
-/// Most ids in a `DiscoverPeers` exclude list.
-pub const EXCLUDE_MAX: usize = 256;
-/// Most feature names in a handshake, and their longest length.
-pub const FEATURES_MAX: usize = 16;
 /// Longest string field (network id, version, feature) a peer may send.
 pub const SHORT_STRING_MAX: usize = 64;
-/// Most content hashes in a popular-content list.
-pub const POPULAR_CONTENT_MAX: usize = 100;
 
-/// Every message a peer can send.
+/// The envelope: every message a peer can send. The handshake has its own two variants; every
+/// other protocol nests its messages in a [`Request`] or a [`Response`], and each protocol's
+/// module owns its message types and their decode bounds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message {
     /// The initiator's signed handshake (SPEC R6.2 `handshake`).
     Hello(Hello),
     /// The responder's signed answer (SPEC R6.2 `handshake_response`).
     HelloAck(Hello),
-    /// Ask for active peers, network statistics and popular content (SPEC R4.3).
+    /// A question the peer must answer with a [`Message::Response`] carrying the same id.
+    Request { id: RequestId, body: Request },
+    /// The answer to the request `id` that the receiver sent on this connection.
+    Response { id: RequestId, body: Response },
+}
+
+/// A request, by protocol. Adding a protocol adds one variant here and in [`Response`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Peer exchange (SPEC R4.3, R5.1).
+    Discovery(discovery::Request),
+}
+
+/// An answer, by protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Peer exchange.
+    Discovery(discovery::Response),
+}
+
+/// Every kind of message, flat: what the request layer expects, what logs and filters name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Kind {
+    Hello,
+    HelloAck,
     GetNetworkInfo,
-    /// The answer to [`Message::GetNetworkInfo`].
-    NetworkInfo(NetworkInfo),
-    /// SPEC R5.1 `discover_peers(node_id, max_peers, exclude)`.
-    DiscoverPeers {
-        /// The requester; must be the identity proven on this connection.
-        node_id: NodeId,
-        /// How many peers the requester wants, at most [`PEERS_PER_ANSWER_MAX`].
-        max_peers: u16,
-        /// Ids the requester already has.
-        exclude: Vec<NodeId>,
-    },
-    /// The answer to [`Message::DiscoverPeers`].
-    Peers(Vec<PeerRecord>),
+    NetworkInfo,
+    DiscoverPeers,
+    Peers,
 }
 
-/// The signed body of both handshake messages.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
-    /// The sender's id; must be BLAKE3 of `public_key`.
-    pub node_id: NodeId,
-    /// The sender's ed25519 key.
-    pub public_key: PublicKey,
-    /// Network the sender belongs to.
-    pub network_id: String,
-    /// Protocol version the sender speaks.
-    pub network_version: String,
-    /// Capabilities, e.g. `content_sync`, `consensus`, `dht`.
-    pub features: Vec<String>,
-    /// Sender's wall clock, Unix milliseconds.
-    pub timestamp_ms: u64,
-    /// Where the sender accepts connections, if anywhere.
-    pub listen_addr: Option<SocketAddr>,
-    /// ed25519 over the canonical body, the role and the channel binding.
-    #[serde(with = "bytes64")]
-    pub signature: [u8; 64],
+impl Kind {
+    /// The name in logs, `mynet replay --kind` and SPEC terms.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Hello => "hello",
+            Kind::HelloAck => "handshake_response",
+            Kind::GetNetworkInfo => "get_network_info",
+            Kind::NetworkInfo => "network_info",
+            Kind::DiscoverPeers => "discover_peers",
+            Kind::Peers => "peers",
+        }
+    }
 }
 
-/// A peer as passed around by discovery.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PeerRecord {
-    /// Its id.
-    pub node_id: NodeId,
-    /// Where it listens.
-    pub address: SocketAddr,
-    /// Its key; the dialer checks the handshake proves it.
-    pub public_key: PublicKey,
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
-/// Network statistics a bootstrap node shares (SPEC R4.3).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkStats {
-    /// Peers the answering node is connected to.
-    pub connected_peers: u32,
-    /// Peers it knows of.
-    pub known_peers: u32,
-    /// Its uptime in seconds.
-    pub uptime_s: u64,
+/// The protocols that make requests; each has its own rate limit and in-flight bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Protocol {
+    Discovery,
 }
 
-/// The answer to [`Message::GetNetworkInfo`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NetworkInfo {
-    /// Active peers.
-    pub peers: Vec<PeerRecord>,
-    /// Statistics.
-    pub stats: NetworkStats,
-    /// Popular content hashes (empty until content sync exists).
-    pub popular_content: Vec<[u8; 32]>,
+impl Protocol {
+    /// How many protocols there are (the request layer keeps one rate window per protocol).
+    pub const COUNT: usize = 1;
+
+    /// Dense index in `0..COUNT`.
+    pub fn index(self) -> usize {
+        match self {
+            Protocol::Discovery => 0,
+        }
+    }
+
+    /// Requests of this protocol a peer may make per window, and the window.
+    pub fn rate_limit(self) -> RateLimit {
+        match self {
+            Protocol::Discovery => discovery::RATE_LIMIT,
+        }
+    }
+
+    /// Requests of this protocol we keep in flight to one peer.
+    pub fn in_flight_max(self) -> usize {
+        match self {
+            Protocol::Discovery => discovery::IN_FLIGHT_MAX,
+        }
+    }
 }
 
-/// Why bytes from a peer could not be turned into a message.
+/// At most `max` requests per `window_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed in one window.
+    pub max: u16,
+    /// Window length.
+    pub window_ms: u64,
+}
+
+impl Message {
+    /// The message's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Hello(_) => Kind::Hello,
+            Message::HelloAck(_) => Kind::HelloAck,
+            Message::Request { body, .. } => body.kind(),
+            Message::Response { body, .. } => body.kind(),
+        }
+    }
+
+    fn check_bounds(&self) -> Result<(), WireError> {
+        match self {
+            Message::Hello(hello) | Message::HelloAck(hello) => handshake::check_bounds(hello),
+            Message::Request { body: Request::Discovery(r), .. } => r.check_bounds(),
+            Message::Response { body: Response::Discovery(r), .. } => r.check_bounds(),
+        }
+    }
+}
+
+impl Request {
+    /// The request's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Request::Discovery(r) => r.kind(),
+        }
+    }
+
+    /// The kind of answer it expects.
+    pub fn expects(&self) -> Kind {
+        match self {
+            Request::Discovery(r) => r.expects(),
+        }
+    }
+
+    /// Its protocol.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Request::Discovery(_) => Protocol::Discovery,
+        }
+    }
+}
+
+impl Response {
+    /// The answer's kind.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Response::Discovery(r) => r.kind(),
+        }
+    }
+}
+
+/// Why bytes from a peer could not be turned into a message, or a message into a frame.
 #[derive(Debug, Error, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WireError {
     #[error("frame length {len} exceeds the maximum {max}")]
@@ -123,15 +194,19 @@ pub enum WireError {
     OutOfBounds(String),
 }
 
-/// Encodes `message` as one frame.
-pub fn encode_frame(message: &Message) -> Vec<u8> {
+/// Encodes `message` as one frame, or refuses it if it does not fit [`FRAME_LEN_MAX`]
+/// (a protocol whose data can grow pages it instead; see `discovery` for bounded lists).
+pub fn encode_frame(message: &Message) -> Result<Vec<u8>, WireError> {
     let mut out = vec![0u8; FRAME_HEADER_LEN];
     out.push(WIRE_VERSION);
-    let mut out = postcard::to_extend(message, out).expect("postcard encoding into a Vec cannot fail for wire types");
+    let mut out = postcard::to_extend(message, out).map_err(|e| WireError::Undecodable(e.to_string()))?;
     let body_len = out.len() - FRAME_HEADER_LEN;
-    assert!(body_len <= FRAME_LEN_MAX, "built a {body_len}-byte frame; senders bound what they put in a message");
-    out[..FRAME_HEADER_LEN].copy_from_slice(&(body_len as u32).to_be_bytes());
-    out
+    if body_len > FRAME_LEN_MAX {
+        return Err(WireError::FrameTooLarge { len: body_len, max: FRAME_LEN_MAX });
+    }
+    let len = u32::try_from(body_len).map_err(|_| WireError::FrameTooLarge { len: body_len, max: FRAME_LEN_MAX })?;
+    out[..FRAME_HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    Ok(out)
 }
 
 /// Decodes one frame body (version byte + payload) and checks its bounds.
@@ -145,42 +220,8 @@ pub fn decode_body(body: &[u8]) -> Result<Message, WireError> {
     if !rest.is_empty() {
         return Err(WireError::Undecodable(format!("{} trailing bytes", rest.len())));
     }
-    check_bounds(&message)?;
+    message.check_bounds()?;
     Ok(message)
-}
-
-fn check_bounds(message: &Message) -> Result<(), WireError> {
-    let fail = |what: String| Err(WireError::OutOfBounds(what));
-    match message {
-        Message::Hello(hello) | Message::HelloAck(hello) => {
-            if hello.network_id.len() > SHORT_STRING_MAX || hello.network_version.len() > SHORT_STRING_MAX {
-                return fail("handshake string field too long".into());
-            }
-            if hello.features.len() > FEATURES_MAX || hello.features.iter().any(|f| f.len() > SHORT_STRING_MAX) {
-                return fail(format!(
-                    "{} features; at most {FEATURES_MAX} of {SHORT_STRING_MAX} bytes",
-                    hello.features.len()
-                ));
-            }
-        }
-        Message::NetworkInfo(info)
-            if (info.peers.len() > PEERS_PER_ANSWER_MAX || info.popular_content.len() > POPULAR_CONTENT_MAX) =>
-        {
-            return fail(format!(
-                "network info with {} peers, {} content",
-                info.peers.len(),
-                info.popular_content.len()
-            ));
-        }
-        Message::DiscoverPeers { exclude, .. } if exclude.len() > EXCLUDE_MAX => {
-            return fail(format!("exclude list of {}; at most {EXCLUDE_MAX}", exclude.len()));
-        }
-        Message::Peers(peers) if peers.len() > PEERS_PER_ANSWER_MAX => {
-            return fail(format!("{} peers in one answer; at most {PEERS_PER_ANSWER_MAX}", peers.len()));
-        }
-        _ => {}
-    }
-    Ok(())
 }
 
 /// Reassembles frames from a byte stream, refusing oversized ones before buffering them.
@@ -282,6 +323,8 @@ impl FrameBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::id::{NodeId, PublicKey};
+    use core::net::SocketAddr;
     use proptest::prelude::*;
 
     fn peer(i: u8) -> PeerRecord {
@@ -292,18 +335,27 @@ mod tests {
         }
     }
 
+    fn request(id: u32, r: discovery::Request) -> Message {
+        Message::Request { id: RequestId(id), body: Request::Discovery(r) }
+    }
+
     fn arb_message() -> impl Strategy<Value = Message> {
         prop_oneof![
-            Just(Message::GetNetworkInfo),
-            (any::<[u8; 32]>(), 0u16..100, proptest::collection::vec(any::<[u8; 32]>(), 0..20)).prop_map(
-                |(id, max_peers, ex)| Message::DiscoverPeers {
-                    node_id: NodeId(id),
-                    max_peers,
-                    exclude: ex.into_iter().map(NodeId).collect()
-                }
+            any::<u32>().prop_map(|id| request(id, discovery::Request::GetNetworkInfo)),
+            (any::<u32>(), any::<[u8; 32]>(), 0u16..100, proptest::collection::vec(any::<[u8; 32]>(), 0..20)).prop_map(
+                |(rid, id, max_peers, ex)| request(
+                    rid,
+                    discovery::Request::DiscoverPeers {
+                        node_id: NodeId(id),
+                        max_peers,
+                        exclude: ex.into_iter().map(NodeId).collect()
+                    }
+                )
             ),
-            proptest::collection::vec(any::<u8>(), 0..50)
-                .prop_map(|ids| Message::Peers(ids.into_iter().map(peer).collect())),
+            (any::<u32>(), proptest::collection::vec(any::<u8>(), 0..50)).prop_map(|(id, ids)| Message::Response {
+                id: RequestId(id),
+                body: Response::Discovery(discovery::Response::Peers(ids.into_iter().map(peer).collect()))
+            }),
             (any::<[u8; 32]>(), "[a-z-]{0,20}", any::<u64>(), any::<Option<u16>>(), any::<u8>()).prop_map(
                 |(k, net, ts, port, s)| {
                     Message::Hello(Hello {
@@ -324,7 +376,7 @@ mod tests {
     proptest! {
         #[test]
         fn frames_round_trip_in_any_chunking(messages in proptest::collection::vec(arb_message(), 1..8), cut in 1usize..64) {
-            let stream: Vec<u8> = messages.iter().flat_map(encode_frame).collect();
+            let stream: Vec<u8> = messages.iter().flat_map(|m| encode_frame(m).expect("fits")).collect();
             let mut buffer = FrameBuffer::default();
             let mut frames = Vec::new();
             for chunk in stream.chunks(cut) {
@@ -337,7 +389,7 @@ mod tests {
 
         #[test]
         fn drain_agrees_with_push(messages in proptest::collection::vec(arb_message(), 1..6), cut in 1usize..300, garbage in proptest::collection::vec(any::<u8>(), 0..16)) {
-            let mut stream: Vec<u8> = messages.iter().flat_map(encode_frame).collect();
+            let mut stream: Vec<u8> = messages.iter().flat_map(|m| encode_frame(m).expect("fits")).collect();
             stream.extend(garbage);
             let (mut a, mut b) = (FrameBuffer::default(), FrameBuffer::default());
             let (mut pushed, mut drained) = (Vec::new(), Vec::new());
@@ -377,14 +429,32 @@ mod tests {
 
     #[test]
     fn bad_version_trailing_bytes_and_bounds_are_errors() {
-        let mut frame = encode_frame(&Message::GetNetworkInfo);
+        let ask = request(1, discovery::Request::GetNetworkInfo);
+        let mut frame = encode_frame(&ask).expect("fits");
         frame[FRAME_HEADER_LEN] = 9;
         assert_eq!(decode_body(&frame[FRAME_HEADER_LEN..]), Err(WireError::UnknownVersion(9)));
-        let mut body = encode_frame(&Message::GetNetworkInfo)[FRAME_HEADER_LEN..].to_vec();
+        let mut body = encode_frame(&ask).expect("fits")[FRAME_HEADER_LEN..].to_vec();
         body.push(0);
         assert!(matches!(decode_body(&body), Err(WireError::Undecodable(_))));
-        let big = Message::Peers((0..=PEERS_PER_ANSWER_MAX as u8).map(peer).collect());
-        assert!(matches!(decode_body(&encode_frame(&big)[FRAME_HEADER_LEN..]), Err(WireError::OutOfBounds(_))));
+        let big = Message::Response {
+            id: RequestId(1),
+            body: Response::Discovery(discovery::Response::Peers((0..=PEERS_PER_ANSWER_MAX as u8).map(peer).collect())),
+        };
+        let frame = encode_frame(&big).expect("fits a frame");
+        assert!(matches!(decode_body(&frame[FRAME_HEADER_LEN..]), Err(WireError::OutOfBounds(_))));
         assert_eq!(decode_body(&[]), Err(WireError::EmptyFrame));
+    }
+
+    #[test]
+    fn a_message_larger_than_a_frame_is_refused_not_panicked_on() {
+        let huge = request(
+            1,
+            discovery::Request::DiscoverPeers {
+                node_id: NodeId([1; 32]),
+                max_peers: 1,
+                exclude: vec![NodeId([2; 32]); 3000],
+            },
+        );
+        assert!(matches!(encode_frame(&huge), Err(WireError::FrameTooLarge { .. })));
     }
 }

@@ -3,9 +3,13 @@
 
 use core::net::SocketAddr;
 
+use mynet_core::discovery;
 use mynet_core::handshake::{Binding, HandshakeError, Role, build_hello};
-use mynet_core::wire::{self, FRAME_LEN_MAX, Message};
-use mynet_core::{CloseReason, Config, ConnId, Event, Identity, Input, Node, Output, Phase, Time, WireError};
+use mynet_core::wire::{self, FRAME_LEN_MAX, Kind, Message, Request, Response};
+use mynet_core::{
+    CloseReason, Config, ConnId, Event, Identity, Input, Node, Output, Phase, RequestId, StartupFailure, Time,
+    Violation, WireError,
+};
 
 const WALL: u64 = 1_800_000_000_000;
 
@@ -52,8 +56,35 @@ fn closed_reason(outputs: &[Output], conn: ConnId) -> Option<CloseReason> {
     })
 }
 
+fn frame(message: &Message) -> Vec<u8> {
+    wire::encode_frame(message).expect("fits a frame")
+}
+
 fn hello_from(peer: &Identity, binding: Binding, network: &str, version: &str, ts: u64) -> Vec<u8> {
-    wire::encode_frame(&Message::Hello(build_hello(peer, Role::Initiator, binding, network, version, ts, None)))
+    frame(&Message::Hello(build_hello(peer, Role::Initiator, binding, network, version, ts, None)))
+}
+
+fn get_network_info(id: u32) -> Vec<u8> {
+    frame(&Message::Request { id: RequestId(id), body: Request::Discovery(discovery::Request::GetNetworkInfo) })
+}
+
+fn peers_answer(id: RequestId, records: Vec<wire::PeerRecord>) -> Vec<u8> {
+    frame(&Message::Response { id, body: Response::Discovery(discovery::Response::Peers(records)) })
+}
+
+/// The requests the node sent on `conn`, with their ids and kinds.
+fn requests_sent(outputs: &[Output], conn: ConnId) -> Vec<(RequestId, Kind)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { conn: c, bytes } if *c == conn => wire::decode_body(&bytes[wire::FRAME_HEADER_LEN..]).ok(),
+            _ => None,
+        })
+        .filter_map(|m| match m {
+            Message::Request { id, body } => Some((id, body.kind())),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Runs one inbound connection that sends `bytes` after securing, and returns why it closed.
@@ -107,8 +138,8 @@ fn undecodable_frame_closes() {
 
 #[test]
 fn message_before_handshake_closes() {
-    let reason = inbound_sends(wire::encode_frame(&Message::GetNetworkInfo));
-    assert!(matches!(reason, Some(CloseReason::BeforeHandshake(_))), "{reason:?}");
+    let reason = inbound_sends(get_network_info(0));
+    assert_eq!(reason, Some(CloseReason::BeforeHandshake(Kind::GetNetworkInfo)));
 }
 
 #[test]
@@ -116,7 +147,7 @@ fn bad_signature_closes() {
     let peer = Identity::from_secret_bytes(&[2; 32]);
     let mut hello = build_hello(&peer, Role::Initiator, Binding([5; 32]), "mynet-dev", "1.0.0", WALL, None);
     hello.signature[10] ^= 0x40;
-    let reason = inbound_sends(wire::encode_frame(&Message::Hello(hello)));
+    let reason = inbound_sends(frame(&Message::Hello(hello)));
     assert_eq!(reason, Some(CloseReason::Handshake(HandshakeError::BadSignature)));
 }
 
@@ -133,7 +164,7 @@ fn node_id_not_matching_key_closes() {
     let peer = Identity::from_secret_bytes(&[2; 32]);
     let mut hello = build_hello(&peer, Role::Initiator, Binding([5; 32]), "mynet-dev", "1.0.0", WALL, None);
     hello.node_id = Identity::from_secret_bytes(&[3; 32]).node_id();
-    let reason = inbound_sends(wire::encode_frame(&Message::Hello(hello)));
+    let reason = inbound_sends(frame(&Message::Hello(hello)));
     assert!(matches!(reason, Some(CloseReason::Handshake(HandshakeError::NodeIdMismatch { .. }))), "{reason:?}");
 }
 
@@ -249,10 +280,13 @@ fn bootstrap_node_answering_with_another_identity_is_refused() {
     let impostor = Identity::from_secret_bytes(&[3; 32]);
     let (mut node, conn, binding) = joining_node(&bootstrap, |c| c.bootstrap_attempts = 1);
     let ack = build_hello(&impostor, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
-    node.handle(at(2), Input::Received { conn, bytes: wire::encode_frame(&Message::HelloAck(ack)) });
+    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
     let outputs = drain(&mut node);
     assert!(matches!(closed_reason(&outputs, conn), Some(CloseReason::UnexpectedIdentity { .. })));
-    assert!(outputs.iter().any(|o| matches!(o, Output::Event(Event::StartupFailed { reason, .. }) if reason == "failed to connect to any bootstrap node")));
+    assert!(outputs.iter().any(|o| matches!(
+        o,
+        Output::Event(Event::StartupFailed { reason: StartupFailure::NoBootstrapReachable, .. })
+    )));
     assert_eq!(node.phase(), Phase::Failed);
 }
 
@@ -300,26 +334,75 @@ fn established_peer() -> (Node, ConnId, Identity, Vec<Output>) {
 }
 
 /// Regression (sim `--faults all`): a peer that completed a handshake and then stayed silent
-/// held a connection slot forever. Unanswered requests now end the connection.
+/// held a connection slot forever. An unanswered request fails at its deadline; a peer still
+/// silent when the grace for a late answer ends is dropped.
 #[test]
 fn a_peer_that_never_answers_discovery_is_dropped() {
     let (mut node, conn, _, _) = established_peer();
     // The discovery round asks established peers for more peers.
     node.handle(at(61_000), Input::Tick);
-    let asked = drain(&mut node).iter().any(|o| matches!(o, Output::Send { conn: c, .. } if *c == conn));
-    assert!(asked, "the discovery round asks the only peer");
+    let asked = requests_sent(&drain(&mut node), conn);
+    assert_eq!(asked.iter().map(|(_, k)| *k).collect::<Vec<_>>(), vec![Kind::DiscoverPeers]);
     let (deadline, _) = node.poll_timeout().expect("a request deadline");
     assert!(deadline <= at(71_001).mono);
     node.handle(Time { mono: deadline, wall_ms: WALL + 71_000 }, Input::Tick);
+    let outputs = drain(&mut node);
+    assert!(
+        outputs.iter().any(|o| matches!(o, Output::Event(Event::RequestTimedOut { kind: Kind::DiscoverPeers, .. })))
+    );
+    assert_eq!(closed_reason(&outputs, conn), None, "the grace for a late answer runs");
+    let (grace_end, _) = node.poll_timeout().expect("the grace deadline");
+    assert!(grace_end <= at(81_001).mono);
+    node.handle(Time { mono: grace_end, wall_ms: WALL + 81_000 }, Input::Tick);
     assert_eq!(closed_reason(&drain(&mut node), conn), Some(CloseReason::Unresponsive));
 }
 
 #[test]
-fn unsolicited_discovery_answers_are_violations() {
+fn a_late_answer_is_dropped_and_counted_not_punished() {
     let (mut node, conn, _, _) = established_peer();
-    node.handle(at(3), Input::Received { conn, bytes: wire::encode_frame(&Message::Peers(Vec::new())) });
+    node.handle(at(61_000), Input::Tick);
+    let (id, _) = requests_sent(&drain(&mut node), conn)[0];
+    node.handle(at(71_000), Input::Tick);
+    drain(&mut node);
+    node.handle(at(72_000), Input::Received { conn, bytes: peers_answer(id, Vec::new()) });
+    let outputs = drain(&mut node);
+    assert!(outputs.contains(&Output::Event(Event::LateAnswer { conn, id, kind: Kind::Peers })), "{outputs:?}");
+    assert_eq!(closed_reason(&outputs, conn), None);
+    assert!(!outputs.iter().any(|o| matches!(o, Output::Event(Event::Penalised { .. }))));
+    assert_eq!(node.status(at(72_000)).requests.late, 1);
+    // Settled: nothing is left to time out, and the peer stays.
+    node.handle(at(90_000), Input::Tick);
+    assert_eq!(closed_reason(&drain(&mut node), conn), None);
+    assert_eq!(node.peer_ids().len(), 1);
+}
+
+#[test]
+fn an_answer_with_an_unknown_request_id_is_a_violation() {
+    let (mut node, conn, _, _) = established_peer();
+    node.handle(at(3), Input::Received { conn, bytes: peers_answer(RequestId(77), Vec::new()) });
     let reason = closed_reason(&drain(&mut node), conn);
-    assert!(matches!(reason, Some(CloseReason::Protocol(ref what)) if what.contains("unsolicited")), "{reason:?}");
+    assert_eq!(
+        reason,
+        Some(CloseReason::Protocol(Violation::UnknownRequestId { id: RequestId(77), kind: Kind::Peers }))
+    );
+}
+
+#[test]
+fn an_answer_of_the_wrong_kind_is_a_violation() {
+    let (mut node, conn, _, _) = established_peer();
+    node.handle(at(61_000), Input::Tick);
+    let (id, kind) = requests_sent(&drain(&mut node), conn)[0];
+    assert_eq!(kind, Kind::DiscoverPeers);
+    let info = discovery::Response::NetworkInfo(discovery::NetworkInfo::default());
+    node.handle(
+        at(61_001),
+        Input::Received { conn, bytes: frame(&Message::Response { id, body: Response::Discovery(info) }) },
+    );
+    let reason = closed_reason(&drain(&mut node), conn);
+    assert_eq!(
+        reason,
+        Some(CloseReason::Protocol(Violation::WrongAnswerKind { id, expected: Kind::Peers, got: Kind::NetworkInfo }))
+    );
 }
 
 #[test]
@@ -327,8 +410,9 @@ fn outbound_limit_counts_dials_still_in_their_handshake() {
     let bootstrap = Identity::from_secret_bytes(&[2; 32]);
     let (mut node, conn, binding) = joining_node(&bootstrap, |c| c.max_outbound = 3);
     let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
-    node.handle(at(2), Input::Received { conn, bytes: wire::encode_frame(&Message::HelloAck(ack)) });
-    drain(&mut node);
+    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
+    let asked = requests_sent(&drain(&mut node), conn);
+    let (id, _) = *asked.iter().find(|(_, k)| *k == Kind::DiscoverPeers).expect("asks for peers");
     // The bootstrap node answers with ten dialable peers; none of them ever answers a dial.
     let records = (10..20u8)
         .map(|i| {
@@ -340,7 +424,7 @@ fn outbound_limit_counts_dials_still_in_their_handshake() {
             }
         })
         .collect();
-    node.handle(at(3), Input::Received { conn, bytes: wire::encode_frame(&Message::Peers(records)) });
+    node.handle(at(3), Input::Received { conn, bytes: peers_answer(id, records) });
     let dials = drain(&mut node).iter().filter(|o| matches!(o, Output::Dial { .. })).count();
     assert_eq!(dials, 2, "one outbound slot is the bootstrap link; two more dials fill the limit of 3");
     let (_, outbound, _) = node.connection_counts();
@@ -368,12 +452,15 @@ fn a_restart_during_the_last_bootstrap_round_starts_bootstrap_afresh() {
 #[test]
 fn a_request_flood_closes_the_connection() {
     let (mut node, conn, _, _) = established_peer();
-    let flood: Vec<u8> = (0..11).flat_map(|_| wire::encode_frame(&Message::GetNetworkInfo)).collect();
+    let flood: Vec<u8> = (0..11).flat_map(get_network_info).collect();
     node.handle(at(3), Input::Received { conn, bytes: flood });
     let outputs = drain(&mut node);
     let answers = outputs.iter().filter(|o| matches!(o, Output::Send { conn: c, .. } if *c == conn)).count();
     assert_eq!(answers, 10, "ten requests a minute are served");
-    assert!(matches!(closed_reason(&outputs, conn), Some(CloseReason::Protocol(ref what)) if what == "request flood"));
+    assert_eq!(
+        closed_reason(&outputs, conn),
+        Some(CloseReason::Protocol(Violation::RequestFlood { kind: Kind::GetNetworkInfo }))
+    );
 }
 
 /// Regression (review): with more than 256 peers our own discovery requests carried an exclude
@@ -429,7 +516,11 @@ fn discovery_requests_fit_the_receivers_bounds_with_many_peers() {
     for output in drain(&mut node) {
         if let Output::Send { bytes, .. } = output {
             let message = wire::decode_body(&bytes[wire::FRAME_HEADER_LEN..]).expect("the receiver's bounds accept it");
-            if let Message::DiscoverPeers { exclude, .. } = message {
+            if let Message::Request {
+                body: Request::Discovery(discovery::Request::DiscoverPeers { exclude, .. }),
+                ..
+            } = message
+            {
                 assert!(exclude.len() <= wire::EXCLUDE_MAX);
                 requests += 1;
             }

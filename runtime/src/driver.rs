@@ -274,7 +274,7 @@ impl Driver {
             }
             Event::StartupFailed { phase, reason } => {
                 tracing::error!("{event}");
-                self.failure = Some((*phase, reason.clone()));
+                self.failure = Some((*phase, reason.to_string()));
             }
             Event::Initialized { .. } => tracing::info!("{event}"),
             Event::BootstrapFailed { .. } | Event::Penalised { .. } => tracing::warn!("{event}"),

@@ -12,8 +12,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use mynet_core::peers::Offender;
-use mynet_core::wire::{FrameBuffer, Message, PeerRecord, WireError, decode_body};
+use mynet_core::discovery;
+use mynet_core::penalties::Offender;
+use mynet_core::wire::{FrameBuffer, Message, PeerRecord, Request, Response, WireError, decode_body};
 use mynet_core::{ConnId, Event, Identity, Input, Node, NodeId, Output};
 use mynet_storage::log::{EventLog, LogRecord, StorageError, read_records_from};
 use mynet_storage::{FjallLog, ReplayReport, Start, keyfile};
@@ -442,20 +443,24 @@ fn describe_message(message: &Message, mentions: &mut Mentions) -> String {
                 hello.network_version
             )
         }
-        Message::GetNetworkInfo => "get_network_info".to_string(),
-        Message::NetworkInfo(info) => format!(
-            "network_info: {}, {} connected / {} known there, up {}s, {} content",
-            list_peers(&info.peers, mentions),
-            info.stats.connected_peers,
-            info.stats.known_peers,
-            info.stats.uptime_s,
-            info.popular_content.len()
-        ),
-        Message::DiscoverPeers { node_id, max_peers, exclude } => {
-            mentions.ids.push(*node_id);
-            format!("discover_peers from {} (max {max_peers}, exclude {})", node_id.short(), exclude.len())
-        }
-        Message::Peers(peers) => list_peers(peers, mentions),
+        Message::Request { id, body: Request::Discovery(request) } => match request {
+            discovery::Request::GetNetworkInfo => format!("get_network_info {id}"),
+            discovery::Request::DiscoverPeers { node_id, max_peers, exclude } => {
+                mentions.ids.push(*node_id);
+                format!("discover_peers {id} from {} (max {max_peers}, exclude {})", node_id.short(), exclude.len())
+            }
+        },
+        Message::Response { id, body: Response::Discovery(response) } => match response {
+            discovery::Response::NetworkInfo(info) => format!(
+                "network_info {id}: {}, {} connected / {} known there, up {}s, {} content",
+                list_peers(&info.peers, mentions),
+                info.stats.connected_peers,
+                info.stats.known_peers,
+                info.stats.uptime_s,
+                info.popular_content.len()
+            ),
+            discovery::Response::Peers(peers) => format!("{} {id}", list_peers(peers, mentions)),
+        },
     }
 }
 
@@ -510,11 +515,13 @@ fn short_hash(hash: &[u8; 32]) -> String {
 fn readable_state(node: &Node) -> Value {
     let mut state = node.state_json();
     let conn_name = |text: &str| text.parse::<u64>().map(|n| ConnId(n).to_string()).ok();
-    if let Some(Value::Object(conns)) = state.get_mut("conns") {
-        let named = std::mem::take(conns).into_iter().map(|(k, v)| (conn_name(&k).unwrap_or(k), v));
-        conns.extend(named);
+    for path in [&["conns", "table"][..], &["requests", "peers"][..]] {
+        if let Some(Value::Object(conns)) = path.iter().try_fold(&mut state, |v, key| v.get_mut(*key)) {
+            let named = std::mem::take(conns).into_iter().map(|(k, v)| (conn_name(&k).unwrap_or(k), v));
+            conns.extend(named);
+        }
     }
-    if let Some(Value::Array(awaiting)) = state.get_mut("awaiting") {
+    if let Some(Value::Array(awaiting)) = state.get_mut("discovery").and_then(|d| d.get_mut("awaiting")) {
         for item in awaiting.iter_mut() {
             if let Some(n) = item.as_u64() {
                 *item = Value::String(ConnId(n).to_string());

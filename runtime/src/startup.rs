@@ -110,7 +110,8 @@ fn core_check() -> Result<()> {
     let probe = Identity::from_secret_bytes(&[0x5a; 32]);
     let hello =
         build_hello(&probe, Role::Initiator, Binding([1; 32]), "core-check", mynet_core::PROTOCOL_VERSION, 1, None);
-    let frame = wire::encode_frame(&Message::Hello(hello.clone()));
+    let frame =
+        wire::encode_frame(&Message::Hello(hello.clone())).map_err(|e| anyhow!("frame encoding failed: {e}"))?;
     let decoded =
         wire::decode_body(&frame[wire::FRAME_HEADER_LEN..]).map_err(|e| anyhow!("frame round trip failed: {e}"))?;
     if decoded != Message::Hello(hello) {

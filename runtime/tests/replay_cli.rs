@@ -163,7 +163,7 @@ fn until_stops_and_state_shows_the_node_there() {
     let text = replay_ok(&dir, &["--until", "10", "--state"]);
     let (state, last) = text.trim_end().rsplit_once('\n').expect("state JSON, then the summary");
     let state: Value = serde_json::from_str(state).expect("state is JSON");
-    let conns = state["conns"].as_object().expect("the state has a conns table");
+    let conns = state["conns"]["table"].as_object().expect("the state has a connection table");
     assert!(conns.keys().all(|k| k.starts_with("in#") || k.starts_with("out#")), "readable conn ids: {conns:?}");
     assert_eq!(serde_json::from_str::<Value>(last).expect("summary")["stopped_at"], 10);
 }

@@ -4,9 +4,10 @@
 use core::net::SocketAddr;
 use std::collections::BTreeMap;
 
+use mynet_core::discovery;
 use mynet_core::handshake::{Binding, Role, build_hello};
-use mynet_core::wire::{self, Message, PeerRecord};
-use mynet_core::{ConnId, Identity, NodeId, PublicKey};
+use mynet_core::wire::{self, Message, PeerRecord, Request, Response};
+use mynet_core::{ConnId, Identity, NodeId, PublicKey, RequestId};
 use rand_chacha::ChaCha8Rng;
 use rand_core::Rng;
 
@@ -23,7 +24,7 @@ pub enum Attack {
     ReplayedHello,
     /// Many connections at once to one node.
     ConnFlood,
-    /// A valid handshake, then floods of forged and unsolicited discovery answers.
+    /// A valid handshake, then forged and unsolicited discovery answers and a request flood.
     DiscoveryFlood,
 }
 
@@ -112,7 +113,7 @@ impl Adversary {
             Attack::ReplayedHello => hello(replayed, network_id),
             Attack::ConnFlood | Attack::DiscoveryFlood => hello(binding, network_id),
         };
-        vec![wire::encode_frame(&frame)]
+        frames(&[frame])
     }
 
     /// Bytes arrived from the honest node: after a completed handshake, a discovery flood.
@@ -122,23 +123,49 @@ impl Adversary {
         }
         // Answer once: the first bytes are the handshake response.
         self.conns.insert(conn, Attack::ConnFlood);
-        let mut frames = Vec::new();
-        for round in 0..10u8 {
+        // Either answers nobody asked for (forged records, unknown request ids) or more
+        // requests than the rate limit allows, then a request for another node id.
+        let mut messages = Vec::new();
+        let forged_first = rng.next_u64().is_multiple_of(2);
+        let forged = (0..10u8).map(|round| {
             let peers = (0..wire::PEERS_PER_ANSWER_MAX).map(|i| forged_record(rng, round, i)).collect();
-            frames.push(wire::encode_frame(&Message::Peers(peers)));
+            Message::Response {
+                id: RequestId(u32::from(round) + 1000),
+                body: Response::Discovery(discovery::Response::Peers(peers)),
+            }
+        });
+        let forged: Vec<Message> = forged.collect();
+        let flood = (0..=discovery::RATE_LIMIT.max as u32).map(|i| Message::Request {
+            id: RequestId(i),
+            body: Request::Discovery(discovery::Request::GetNetworkInfo),
+        });
+        if forged_first {
+            messages.extend(forged);
+            messages.extend(flood);
+        } else {
+            messages.extend(flood);
+            messages.extend(forged);
         }
-        frames.push(wire::encode_frame(&Message::DiscoverPeers {
-            node_id: target,
-            max_peers: 50,
-            exclude: Vec::new(),
-        }));
-        frames
+        messages.push(Message::Request {
+            id: RequestId(u32::MAX),
+            body: Request::Discovery(discovery::Request::DiscoverPeers {
+                node_id: target,
+                max_peers: 50,
+                exclude: Vec::new(),
+            }),
+        });
+        frames(&messages)
     }
 
     /// The connection ended.
     pub fn on_closed(&mut self, conn: ConnId) {
         self.conns.remove(&conn);
     }
+}
+
+/// Each message as one frame (all of them fit; none is built from peer data).
+fn frames(messages: &[Message]) -> Vec<Vec<u8>> {
+    messages.iter().filter_map(|m| wire::encode_frame(m).ok()).collect()
 }
 
 /// A discovery record for a node that does not exist; every other one has a key that does not

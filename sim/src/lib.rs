@@ -9,11 +9,13 @@
 pub mod adversary;
 pub mod clock;
 pub mod faults;
+pub mod invariant;
 pub mod log;
 pub mod net;
 pub mod stats;
 pub mod world;
 
+pub use invariant::{LivenessFailure, Violation};
 pub use world::{SimConfig, SimError, Summary, TraceEvent, World, first_divergence};
 
 /// Runs a whole simulation and returns its summary.

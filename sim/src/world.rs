@@ -19,6 +19,7 @@ use thiserror::Error;
 use crate::adversary::{Adversary, Attack};
 use crate::clock::NodeClock;
 use crate::faults::{self, FaultCounts, FaultProfile, USER_TIMEOUT_US, chance, next_after, upto};
+use crate::invariant::{LivenessFailure, Violation};
 use crate::log::SimLog;
 use crate::net::{self, Place};
 use crate::stats::{Durations, Percentiles};
@@ -105,11 +106,11 @@ pub fn sim_node_config() -> Config {
 #[derive(Debug, Error)]
 pub enum SimError {
     #[error(
-        "invariant violated: {message}\n  node {node} ({node_id}) at sim time {time_ms} ms\n  reproduce: {command}"
+        "invariant violated: {violation}\n  node {node} ({node_id}) at sim time {time_ms} ms\n  reproduce: {command}"
     )]
-    Invariant { message: String, node: usize, node_id: NodeId, time_ms: u64, command: String },
-    #[error("liveness violated {budget_s} s after faults healed: {message}\n  reproduce: {command}")]
-    Liveness { message: String, node: Option<usize>, budget_s: u64, command: String },
+    Invariant { violation: Violation, node: usize, node_id: NodeId, time_ms: u64, command: String },
+    #[error("liveness violated {budget_s} s after faults healed: {failure}\n  reproduce: {command}")]
+    Liveness { failure: LivenessFailure, node: Option<usize>, budget_s: u64, command: String },
     #[error("simulation exceeded {EVENTS_MAX} events; reproduce: {command}")]
     Runaway { command: String },
 }
@@ -561,7 +562,7 @@ impl World {
         let identity = self.nodes[n].identity.clone();
         let mut outputs = std::mem::take(&mut self.outputs);
         let journaled = Journaled::create(log, config, identity, seed, time, &mut outputs)
-            .map_err(|e| self.invariant(n, e.to_string()))?;
+            .map_err(|e| self.invariant(n, Violation::Storage(e.to_string())))?;
         let now = self.now_us;
         if let Some(h) = self.honest_mut(n) {
             h.journaled = Some(journaled);
@@ -595,14 +596,14 @@ impl World {
             h.last_sync_us = now;
             result = journaled.log_mut().sync();
         }
-        result.map_err(|e| self.invariant(n, format!("storage: {e}")))?;
+        result.map_err(|e| self.invariant(n, Violation::Storage(e.to_string())))?;
         self.after_step(n, outputs)
     }
 
     fn after_step(&mut self, n: usize, mut outputs: Vec<Output>) -> Result<(), SimError> {
         let check = self.honest(n).and_then(|h| h.journaled.as_ref()).map(|j| j.node().check_invariants());
-        if let Some(Err(message)) = check {
-            return Err(self.invariant(n, message));
+        if let Some(Err(violation)) = check {
+            return Err(self.invariant(n, Violation::Node(violation)));
         }
         for output in outputs.drain(..) {
             self.observe(n, &output)?;
@@ -633,8 +634,8 @@ impl World {
                 h.dialled_at.remove(conn);
             }
             Output::Send { conn, bytes } if !h.established.contains(conn) => {
-                if let Some(name) = non_handshake_message(bytes) {
-                    return Err(self.invariant(n, format!("sent {name} on {conn} before its handshake completed")));
+                if let Some(what) = non_handshake_message(bytes) {
+                    return Err(self.invariant(n, Violation::TrafficBeforeHandshake { conn: *conn, what }));
                 }
             }
             _ => {}
@@ -760,10 +761,10 @@ impl World {
                 .map(|(j, _)| j)
                 .map_err(|e| e.to_string()),
         };
-        let journaled = journaled.map_err(|e| self.invariant(n, format!("restart failed: {e}")))?;
+        let journaled = journaled.map_err(|e| self.invariant(n, Violation::RestartFailed(e)))?;
         if matches!(journaled.log(), SimLog::Memory(_)) {
             verify_against_log(journaled.log(), journaled.node())
-                .map_err(|e| self.invariant(n, format!("restarted node disagrees with its durable log: {e}")))?;
+                .map_err(|e| self.invariant(n, Violation::LogDisagrees(e)))?;
         }
         self.count("restart");
         if let Some(h) = self.honest_mut(n) {
@@ -773,9 +774,9 @@ impl World {
         self.after_step(n, outputs)
     }
 
-    fn invariant(&self, n: usize, message: String) -> SimError {
+    fn invariant(&self, n: usize, violation: Violation) -> SimError {
         SimError::Invariant {
-            message,
+            violation,
             node: n,
             node_id: self.nodes[n].identity.node_id(),
             time_ms: self.now_us / 1000,
@@ -1062,29 +1063,27 @@ impl World {
         let target = (self.config.node_config.target_peers as usize).min(self.honest.saturating_sub(1));
         let budget_s =
             (self.config.duration_ms * 1000 - self.config.heal_at_us().min(self.config.duration_ms * 1000)) / 1_000_000;
-        let fail = |message: String, node: Option<usize>| {
-            Err(SimError::Liveness { message, node, budget_s, command: self.config.command() })
+        let fail = |failure: LivenessFailure, node: Option<usize>| {
+            Err(SimError::Liveness { failure, node, budget_s, command: self.config.command() })
         };
         let graph = self.peer_graph();
         for (n, peers) in graph.iter().enumerate().take(self.honest) {
             let Some(node) = self.node(n) else {
-                return fail(format!("node {n} is not running"), Some(n));
+                return fail(LivenessFailure::NotRunning { node: n }, Some(n));
             };
             if node.phase() != Phase::Ready {
-                return fail(format!("node {n} is in phase {}", node.phase()), Some(n));
+                return fail(LivenessFailure::NotReady { node: n, phase: node.phase() }, Some(n));
             }
             // Peers that completed a handshake and answer requests count, honest or not; the
             // honest graph must still be connected.
             let all_peers = node.peer_ids().len();
             if all_peers < target {
-                return fail(
-                    format!("node {n} has {all_peers} peers ({} honest), target {target}", peers.len()),
-                    Some(n),
-                );
+                let failure = LivenessFailure::TooFewPeers { node: n, peers: all_peers, honest: peers.len(), target };
+                return fail(failure, Some(n));
             }
         }
         if !is_connected(&graph[..self.honest]) {
-            return fail("the honest nodes' peer graph is not connected".into(), None);
+            return fail(LivenessFailure::Disconnected, None);
         }
         Ok(())
     }

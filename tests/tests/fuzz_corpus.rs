@@ -9,6 +9,7 @@ fn target(name: &str) -> fn(&[u8]) {
         "frames" => fuzz::frames,
         "handshake" => fuzz::handshake,
         "log_record" => fuzz::log_record,
+        "node_inputs" => fuzz::node_inputs,
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -17,7 +18,7 @@ fn target(name: &str) -> fn(&[u8]) {
 fn every_corpus_file_runs_clean() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
     let mut ran = 0;
-    for name in ["frames", "handshake", "log_record"] {
+    for name in ["frames", "handshake", "log_record", "node_inputs"] {
         let run = target(name);
         let dir = corpus.join(name);
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
@@ -26,7 +27,7 @@ fn every_corpus_file_runs_clean() {
             ran += 1;
         }
     }
-    assert!(ran >= 9, "the seed corpora are missing files ({ran} ran)");
+    assert!(ran >= 12, "the seed corpora are missing files ({ran} ran)");
 }
 
 #[test]

@@ -1,0 +1,233 @@
+//! What a protocol module sees of the node while it handles something: `now`, the node's RNG,
+//! the config, the connection table (to dial and to read), the request layer, and a bounded
+//! outbox. Effects that reach other modules (closing a connection, penalising a peer, a
+//! start-up step) are deferred: the node applies them after the module returns, in order, so no
+//! module ever runs inside another.
+
+use core::net::SocketAddr;
+use std::collections::VecDeque;
+
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::conns::{Conn, ConnState, Conns};
+use crate::event::{CloseReason, Direction, Event, Phase, StartupFailure};
+use crate::id::{ConnId, NodeId};
+use crate::penalties::{Offender, Penalties};
+use crate::request::{Origin, Refused, RequestId, Requests};
+use crate::time::Time;
+use crate::wire::{self, FrameBuffer, Message, Request, Response};
+
+/// Most outputs queued before the driver drains them; past it the node is being misdriven.
+pub const OUTPUTS_QUEUED_MAX: usize = 1 << 20;
+
+/// What the node wants its driver to do.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Output {
+    /// Open a connection to `addr`; report `Secured` or `Closed` for `conn`.
+    Dial { conn: ConnId, addr: SocketAddr },
+    /// Proceed with the inbound connection `conn` (run the secure handshake).
+    Accept { conn: ConnId },
+    /// Send bytes (whole frames) on `conn`.
+    Send {
+        conn: ConnId,
+        #[serde(with = "crate::id::byte_vec")]
+        bytes: Vec<u8>,
+    },
+    /// Close `conn` (after sending what is queued); the node has forgotten it and ignores later
+    /// inputs about it.
+    Close { conn: ConnId },
+    /// Something worth a log line or a test assertion.
+    Event(Event),
+}
+
+/// Counters that only grow.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub inputs: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub dials: u64,
+    pub handshakes_ok: u64,
+    pub handshakes_failed: u64,
+    pub inbound_refused: u64,
+    pub restarts: u64,
+}
+
+/// A start-up milestone a module reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Startup {
+    /// Bootstrap is over: at least one bootstrap node (or none configured) answered.
+    BootstrapDone,
+    /// The initial discovery round has its answers (or gave up waiting).
+    DiscoveryDone,
+    /// Start-up cannot go on.
+    Failed(Phase, StartupFailure),
+}
+
+/// An effect applied by the node after the current module returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Deferred {
+    /// Close the connection (if still open) for `reason`.
+    Close(ConnId, CloseReason),
+    /// Close the connection and penalise whoever it proved to be (or its address).
+    Misbehaved(ConnId, CloseReason),
+    /// Add misbehaviour points.
+    Penalise(Offender, u32),
+    /// Move start-up along.
+    Startup(Startup),
+}
+
+/// The node's queue of outputs, plus the running counters they feed.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub(crate) outputs: VecDeque<Output>,
+    pub(crate) deferred: VecDeque<Deferred>,
+}
+
+impl Outbox {
+    fn push(&mut self, output: Output) {
+        assert!(self.outputs.len() < OUTPUTS_QUEUED_MAX, "driver stopped draining poll_output");
+        self.outputs.push_back(output);
+    }
+}
+
+/// The context handed to a module.
+pub struct Cx<'a> {
+    /// The time of the input being handled.
+    pub now: Time,
+    /// Our id.
+    pub node_id: NodeId,
+    /// The config in force.
+    pub config: &'a Config,
+    /// The phase start-up is in.
+    pub phase: Phase,
+    /// When this process started (for uptime).
+    pub started: Time,
+    /// The node's seeded generator.
+    pub rng: &'a mut ChaCha8Rng,
+    /// Every connection.
+    pub conns: &'a mut Conns,
+    /// The request layer.
+    pub requests: &'a mut Requests,
+    /// Misbehaviour scores (read-only; add points with [`Cx::penalise`]).
+    pub penalties: &'a Penalties,
+    /// Counters.
+    pub counters: &'a mut Counters,
+    pub(crate) out: &'a mut Outbox,
+}
+
+impl Cx<'_> {
+    /// Reports an event.
+    pub fn event(&mut self, event: Event) {
+        self.out.push(Output::Event(event));
+    }
+
+    /// Encodes and sends `message` on `conn`. A message that does not fit a frame is not sent;
+    /// the refusal is reported as an event and returned (modules bound or page what they send,
+    /// so this means a bug, never a peer's doing).
+    pub fn send(&mut self, conn: ConnId, message: &Message) -> Result<(), wire::WireError> {
+        match wire::encode_frame(message) {
+            Ok(bytes) => {
+                self.counters.frames_out += 1;
+                self.counters.bytes_out += bytes.len() as u64;
+                self.out.push(Output::Send { conn, bytes });
+                Ok(())
+            }
+            Err(error) => {
+                self.event(Event::SendRefused { conn, kind: message.kind(), error: error.clone() });
+                Err(error)
+            }
+        }
+    }
+
+    /// Sends a request on an established connection; its answer (or failure) comes back to
+    /// `origin` with `tag`. Deadline: `handshake_timeout_ms`.
+    pub fn request(&mut self, conn: ConnId, body: Request, origin: Origin, tag: u64) -> Result<RequestId, Refused> {
+        let timeout_ms = self.config.handshake_timeout_ms;
+        let id = self.requests.start(self.now.mono, conn, &body, origin, tag, timeout_ms)?;
+        // An encoding refusal was reported as an event; the request then times out like any.
+        let _ = self.send(conn, &Message::Request { id, body });
+        Ok(id)
+    }
+
+    /// Answers the peer's request `id`.
+    pub fn respond(&mut self, conn: ConnId, id: RequestId, body: Response) {
+        let _ = self.send(conn, &Message::Response { id, body });
+    }
+
+    /// Dials `addr` if the limits allow; returns the new connection or why not.
+    pub fn dial(&mut self, addr: SocketAddr, expect: Option<NodeId>, bootstrap: bool) -> Result<ConnId, CloseReason> {
+        if self.penalties.is_banned(&Offender::Ip(addr.ip()), self.now.mono) {
+            return Err(CloseReason::Banned);
+        }
+        if let Some(reason) = self.conns.admission_refusal(self.config, Direction::Outbound, addr.ip()) {
+            return Err(reason);
+        }
+        let conn = self.conns.next_outbound_id();
+        self.counters.dials += 1;
+        self.open(conn, Direction::Outbound, addr, expect, bootstrap);
+        self.out.push(Output::Dial { conn, addr });
+        Ok(conn)
+    }
+
+    /// Accepts an inbound connection if the limits allow; otherwise refuses it.
+    pub(crate) fn accept(&mut self, conn: ConnId, addr: SocketAddr) {
+        let refusal = if self.penalties.is_banned(&Offender::Ip(addr.ip()), self.now.mono) {
+            Some(CloseReason::Banned)
+        } else {
+            self.conns.admission_refusal(self.config, Direction::Inbound, addr.ip())
+        };
+        if let Some(reason) = refusal {
+            self.counters.inbound_refused += 1;
+            self.event(Event::ConnectionClosed { conn, addr, peer: None, reason, by_us: true });
+            self.out.push(Output::Close { conn });
+            return;
+        }
+        self.open(conn, Direction::Inbound, addr, None, false);
+        self.out.push(Output::Accept { conn });
+    }
+
+    fn open(&mut self, conn: ConnId, direction: Direction, addr: SocketAddr, expect: Option<NodeId>, bootstrap: bool) {
+        let handshake_deadline = self.now.mono.plus_ms(self.config.handshake_timeout_ms);
+        let state = ConnState::Opening;
+        let frames = FrameBuffer::default();
+        self.conns.insert(conn, Conn { direction, addr, state, handshake_deadline, expect, bootstrap, frames });
+    }
+
+    /// Closes `conn` once the current module returns.
+    pub fn close(&mut self, conn: ConnId, reason: CloseReason) {
+        self.out.deferred.push_back(Deferred::Close(conn, reason));
+    }
+
+    /// Closes `conn` and penalises the peer once the current module returns.
+    pub fn misbehaved(&mut self, conn: ConnId, reason: CloseReason) {
+        self.out.deferred.push_back(Deferred::Misbehaved(conn, reason));
+    }
+
+    /// Adds misbehaviour points once the current module returns.
+    pub fn penalise(&mut self, offender: Offender, points: u32) {
+        self.out.deferred.push_back(Deferred::Penalise(offender, points));
+    }
+
+    /// Reports a start-up milestone.
+    pub fn startup(&mut self, step: Startup) {
+        self.out.deferred.push_back(Deferred::Startup(step));
+    }
+
+    /// Established peers' ids, in id order.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.conns.established().map(|(_, _, e)| e.node_id).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The address we tell peers to dial, if we listen on a fixed port.
+    pub fn advertised_addr(&self) -> Option<SocketAddr> {
+        let addr = self.config.listen_addr;
+        (addr.port() != 0).then_some(addr)
+    }
+}

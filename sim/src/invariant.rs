@@ -1,0 +1,68 @@
+//! What the simulator judges: safety violations (checked after every step) and liveness
+//! failures (checked once faults have healed), as values a test can match.
+
+use std::fmt;
+
+use mynet_core::{ConnId, InvariantViolation, Phase};
+
+/// A safety invariant broken at one step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// The node's own invariants (limits, identities, table indexes).
+    Node(InvariantViolation),
+    /// A non-handshake frame was sent on a connection before its handshake completed.
+    TrafficBeforeHandshake { conn: ConnId, what: &'static str },
+    /// The node's event log failed.
+    Storage(String),
+    /// A crashed node could not be reopened from its log.
+    RestartFailed(String),
+    /// A restarted node's state differs from what its durable log implies.
+    LogDisagrees(String),
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Violation::Node(v) => write!(f, "{v}"),
+            Violation::TrafficBeforeHandshake { conn, what } => {
+                write!(f, "sent {what} on {conn} before its handshake completed")
+            }
+            Violation::Storage(e) => write!(f, "storage: {e}"),
+            Violation::RestartFailed(e) => write!(f, "restart failed: {e}"),
+            Violation::LogDisagrees(e) => write!(f, "restarted node disagrees with its durable log: {e}"),
+        }
+    }
+}
+
+/// Why the network did not converge after faults healed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LivenessFailure {
+    NotRunning {
+        node: usize,
+    },
+    NotReady {
+        node: usize,
+        phase: Phase,
+    },
+    TooFewPeers {
+        node: usize,
+        peers: usize,
+        honest: usize,
+        target: usize,
+    },
+    /// The honest nodes' peer graph is not connected.
+    Disconnected,
+}
+
+impl fmt::Display for LivenessFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LivenessFailure::NotRunning { node } => write!(f, "node {node} is not running"),
+            LivenessFailure::NotReady { node, phase } => write!(f, "node {node} is in phase {phase}"),
+            LivenessFailure::TooFewPeers { node, peers, honest, target } => {
+                write!(f, "node {node} has {peers} peers ({honest} honest), target {target}")
+            }
+            LivenessFailure::Disconnected => f.write_str("the honest nodes' peer graph is not connected"),
+        }
+    }
+}
