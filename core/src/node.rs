@@ -625,11 +625,13 @@ impl Node {
         }
     }
 
+    /// Discovery hears first: it sends its requests on the new link, so when bootstrap then
+    /// concludes its phase, the discovery phase knows which answers to wait for.
     fn on_established(&mut self, link: &Link) {
-        self.state.bootstrap.on_established(&mut cx!(self), link);
+        self.state.discovery.on_established(&mut cx!(self), link);
         self.run_deferred();
         if self.state.conns.contains(link.conn) {
-            self.state.discovery.on_established(&mut cx!(self), link);
+            self.state.bootstrap.on_established(&mut cx!(self), link);
         }
     }
 

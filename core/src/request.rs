@@ -256,6 +256,11 @@ impl Requests {
         self.peers.get(&conn).map_or(0, |p| p.pending.len())
     }
 
+    /// Requests on `conn` still within their deadline.
+    pub fn live_on(&self, conn: ConnId) -> usize {
+        self.peers.get(&conn).map_or(0, |p| p.pending.iter().filter(|r| !r.timed_out).count())
+    }
+
     /// The layer's counters.
     pub fn counters(&self) -> &RequestCounters {
         &self.counters

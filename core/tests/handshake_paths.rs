@@ -528,3 +528,24 @@ fn discovery_requests_fit_the_receivers_bounds_with_many_peers() {
     }
     assert!(requests > 0);
 }
+
+/// Regression (module split): when bootstrap heard of a new link before discovery had asked it
+/// anything, the discovery phase found nothing to wait for and start-up skipped it.
+#[test]
+fn start_up_waits_in_peer_discovery_for_the_bootstrap_nodes_answers() {
+    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
+    let (mut node, conn, binding) = joining_node(&bootstrap, |_| {});
+    let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
+    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
+    let asked = requests_sent(&drain(&mut node), conn);
+    assert_eq!(asked.iter().map(|(_, k)| *k).collect::<Vec<_>>(), vec![Kind::GetNetworkInfo, Kind::DiscoverPeers]);
+    assert_eq!(node.phase(), Phase::PeerDiscovery, "waiting for the bootstrap node's answers");
+    let info = Response::Discovery(discovery::Response::NetworkInfo(discovery::NetworkInfo::default()));
+    node.handle(at(3), Input::Received { conn, bytes: frame(&Message::Response { id: asked[0].0, body: info }) });
+    drain(&mut node);
+    assert_eq!(node.phase(), Phase::PeerDiscovery, "one answer is still owed");
+    node.handle(at(4), Input::Received { conn, bytes: peers_answer(asked[1].0, Vec::new()) });
+    let outputs = drain(&mut node);
+    assert_eq!(node.phase(), Phase::Ready);
+    assert!(outputs.contains(&Output::Event(Event::Initialized { peers: 1 })));
+}
