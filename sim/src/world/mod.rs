@@ -1,0 +1,537 @@
+//! The simulation engine: nodes, links, faults, the event queue, invariants and the trace hash.
+//!
+//! `mod.rs` holds the run configuration, the event queue and the main loop; `nodes.rs` the
+//! honest nodes (start, inputs, safety checks, crashes and restarts); `network.rs` the links
+//! and the misbehaving peers; `report.rs` liveness, observation and the summary.
+
+mod network;
+mod nodes;
+mod report;
+
+use report::EVENT_KINDS;
+pub use report::{TraceEvent, first_divergence, is_connected};
+
+use core::net::SocketAddr;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::time::Instant;
+
+use mynet_core::config::BootstrapNode;
+use mynet_core::handshake::Binding;
+use mynet_core::wire::{self, FrameBuffer, Message};
+use mynet_core::{Config, ConnId, Direction, Event, Identity, Input, Mono, NodeId, Output, Phase};
+use mynet_storage::log::{EventLog, MemLog};
+use mynet_storage::{Journaled, verify_against_log};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::adversary::{Adversary, Attack};
+use crate::clock::NodeClock;
+use crate::faults::{self, FaultCounts, FaultProfile, USER_TIMEOUT_US, chance, next_after, upto};
+use crate::invariant::{LivenessFailure, Violation};
+use crate::log::SimLog;
+use crate::net::{self, Place};
+use crate::stats::{Durations, Percentiles};
+
+/// Wall clock (Unix ms) at simulated time zero.
+pub const WALL_EPOCH_MS: u64 = 1_750_000_000_000;
+/// Most events one run may process; a run that needs more is stuck in a loop.
+pub const EVENTS_MAX: u64 = 20_000_000_000;
+/// How often a simulated node makes its log durable.
+pub const SYNC_INTERVAL_US: u64 = 200_000;
+/// A node whose start-up failed is restarted after this long (as a service manager would).
+pub const FAILED_RESTART_US: u64 = 5_000_000;
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Seed of everything random in the run.
+    pub seed: u64,
+    /// How many honest nodes.
+    pub nodes: usize,
+    /// Simulated time to run for.
+    pub duration_ms: u64,
+    /// Nodes join at random times in `[0, join_spread_ms]`; node 0 starts at 0. Default: 100 ms
+    /// per node, at most a quarter of the run.
+    pub join_spread_ms: Option<u64>,
+    /// Template for every node's config (listen address and bootstrap list are set per node).
+    pub node_config: Config,
+    /// Nodes whose event log is kept in memory (for `--dump-log`).
+    pub keep_logs: Vec<usize>,
+    /// Faults to inject.
+    pub faults: FaultProfile,
+    /// Faults stop at this fraction of the run; the rest is the liveness budget.
+    pub heal_fraction: f64,
+    /// Record a per-event digest so two runs can be compared event by event.
+    pub record_trace: bool,
+}
+
+impl SimConfig {
+    /// A fault-free run of `nodes` nodes for `duration_ms`.
+    pub fn new(seed: u64, nodes: usize, duration_ms: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            nodes,
+            duration_ms,
+            join_spread_ms: None,
+            node_config: sim_node_config(),
+            keep_logs: Vec::new(),
+            faults: FaultProfile::named("none", seed).unwrap_or_default(),
+            heal_fraction: 0.6,
+            record_trace: false,
+        }
+    }
+
+    /// The same run with the named fault profile (`none`, `swarm`, ...).
+    pub fn with_faults(mut self, name: &str) -> Option<SimConfig> {
+        self.faults = FaultProfile::named(name, self.seed)?;
+        Some(self)
+    }
+
+    /// The command line that reproduces this run.
+    pub fn command(&self) -> String {
+        format!(
+            "mynet sim --seed {} --nodes {} --duration {}ms --faults {}",
+            self.seed, self.nodes, self.duration_ms, self.faults.name
+        )
+    }
+
+    fn join_spread_ms(&self) -> u64 {
+        self.join_spread_ms.unwrap_or_else(|| (self.nodes as u64 * 100).min(self.duration_ms / 4))
+    }
+
+    fn heal_at_us(&self) -> u64 {
+        (self.duration_ms as f64 * 1000.0 * self.heal_fraction) as u64
+    }
+}
+
+/// Node settings for simulated nodes: production defaults with a small log retention, so
+/// crash-restarts replay a bounded tail.
+pub fn sim_node_config() -> Config {
+    Config { snapshot_interval_events: 2_000, log_retain_bytes: 256 * 1024, ..Config::default() }
+}
+
+/// A failed run: what broke, where and when, and how to see it again.
+#[derive(Debug, Error)]
+pub enum SimError {
+    #[error(
+        "invariant violated: {violation}\n  node {node} ({node_id}) at sim time {time_ms} ms\n  reproduce: {command}"
+    )]
+    Invariant { violation: Violation, node: usize, node_id: NodeId, time_ms: u64, command: String },
+    #[error("liveness violated {budget_s} s after faults healed: {failure}\n  reproduce: {command}")]
+    Liveness { failure: LivenessFailure, node: Option<usize>, budget_s: u64, command: String },
+    #[error("simulation exceeded {EVENTS_MAX} events; reproduce: {command}")]
+    Runaway { command: String },
+}
+
+impl SimError {
+    /// The node the failure is about, if any.
+    pub fn node(&self) -> Option<usize> {
+        match self {
+            SimError::Invariant { node, .. } => Some(*node),
+            SimError::Liveness { node, .. } => *node,
+            SimError::Runaway { .. } => None,
+        }
+    }
+}
+
+/// The summary printed as the last line of `mynet sim`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    pub seed: u64,
+    pub nodes: usize,
+    pub adversaries: usize,
+    pub sim_time_s: f64,
+    pub wall_time_s: f64,
+    pub events: u64,
+    pub trace_hash: String,
+    pub ready_nodes: usize,
+    pub failed_nodes: usize,
+    pub peers_min: usize,
+    pub peers_avg: f64,
+    pub peers_max: usize,
+    pub connected: bool,
+    pub messages: u64,
+    pub bytes: u64,
+    pub handshake_latency: Percentiles,
+    pub time_to_target_peers: Percentiles,
+    pub faults: FaultProfile,
+    pub faults_injected: FaultCounts,
+}
+
+#[derive(Clone, Debug)]
+enum Ev {
+    Start(usize),
+    Timer { node: usize, epoch: u32 },
+    Connect { from: End, addr: SocketAddr },
+    Secured { to: End, binding: Binding },
+    Deliver { to: End, bytes: Vec<u8> },
+    Closed { to: End, reason: &'static str },
+    Crash(usize),
+    Restart(usize),
+    Partition,
+    Heal,
+    HealClocks,
+    ClockJump(usize),
+    Attack(usize),
+}
+
+impl Ev {
+    fn tag(&self) -> (u8, usize, u64) {
+        match self {
+            Ev::Start(n) => (0, *n, 0),
+            Ev::Timer { node, .. } => (1, *node, 0),
+            Ev::Connect { from, .. } => (2, from.0, from.2.0),
+            Ev::Secured { to, .. } => (3, to.0, to.2.0),
+            Ev::Deliver { to, .. } => (4, to.0, to.2.0),
+            Ev::Closed { to, .. } => (5, to.0, to.2.0),
+            Ev::Crash(n) => (6, *n, 0),
+            Ev::Restart(n) => (7, *n, 0),
+            Ev::Partition => (8, 0, 0),
+            Ev::Heal => (9, 0, 0),
+            Ev::HealClocks => (12, 0, 0),
+            Ev::ClockJump(n) => (10, *n, 0),
+            Ev::Attack(n) => (11, *n, 0),
+        }
+    }
+}
+
+struct Scheduled {
+    at_us: u64,
+    seq: u64,
+    ev: Ev,
+}
+
+impl PartialEq for Scheduled {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_us, self.seq) == (other.at_us, other.seq)
+    }
+}
+impl Eq for Scheduled {}
+impl PartialOrd for Scheduled {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Scheduled {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_us, self.seq).cmp(&(other.at_us, other.seq))
+    }
+}
+
+/// What runs at a simulated address.
+enum Actor {
+    Honest(Box<Honest>),
+    Adversary(Box<Adversary>),
+}
+
+struct Honest {
+    journaled: Option<Journaled<SimLog>>,
+    /// The log of a node that is down, waiting for its restart.
+    down_log: Option<SimLog>,
+    timer: Option<Mono>,
+    last_sync_us: u64,
+    started_us: Option<u64>,
+    target_reached: bool,
+    /// Connections whose handshake completed, for the no-traffic-before-handshake invariant.
+    established: BTreeSet<ConnId>,
+    dialled_at: BTreeMap<ConnId, u64>,
+    restart_pending: bool,
+}
+
+struct SimNode {
+    identity: Identity,
+    addr: SocketAddr,
+    place: Place,
+    clock: NodeClock,
+    uplink_bps: u64,
+    uplink_free_us: u64,
+    /// The clock's wall skew before any jump.
+    base_skew_ms: i64,
+    /// Incremented on every crash and restart: events for an older epoch are dropped.
+    epoch: u32,
+    next_inbound: u64,
+    actor: Actor,
+}
+
+/// One end of a simulated connection: node, its epoch, conn id.
+type End = (usize, u32, ConnId);
+
+struct Link {
+    peer: End,
+    /// Last delivery time scheduled from this end (FIFO per direction).
+    last_us: u64,
+    stalled_until_us: u64,
+}
+
+struct Partition {
+    side: Vec<bool>,
+    one_way: bool,
+    until_us: u64,
+}
+
+/// A seeded world of simulated nodes.
+pub struct World {
+    config: SimConfig,
+    rng: ChaCha8Rng,
+    nodes: Vec<SimNode>,
+    honest: usize,
+    by_addr: BTreeMap<SocketAddr, usize>,
+    queue: BinaryHeap<Reverse<Scheduled>>,
+    next_seq: u64,
+    now_us: u64,
+    links: BTreeMap<End, Link>,
+    partition: Option<Partition>,
+    trace: blake3::Hasher,
+    trace_events: Vec<TraceEvent>,
+    trace_fold: u64,
+    events: u64,
+    messages: u64,
+    bytes: u64,
+    counts: FaultCounts,
+    handshakes: Durations,
+    to_target: Durations,
+    wall_started: Instant,
+    outputs: Vec<Output>,
+}
+
+impl World {
+    /// Builds the world: identities, places, clocks, addresses and the fault schedule all come
+    /// from the seed.
+    pub fn new(config: SimConfig) -> World {
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let profile = config.faults.clone();
+        let mut nodes = Vec::with_capacity(config.nodes);
+        let mut by_addr = BTreeMap::new();
+        let mut ip_users: BTreeMap<core::net::IpAddr, u16> = BTreeMap::new();
+        for index in 0..config.nodes {
+            let identity = random_identity(&mut rng);
+            let mut addr = net::node_addr(index);
+            if index > 0 && chance(&mut rng, profile.shared_ip) {
+                let other = net::node_addr((rng.next_u64() % index as u64) as usize).ip();
+                let users = ip_users.entry(other).or_insert(1);
+                if *users < 3 {
+                    addr = SocketAddr::new(other, net::LISTEN_PORT + *users);
+                    *users += 1;
+                }
+            }
+            by_addr.insert(addr, index);
+            let honest = Honest {
+                journaled: None,
+                down_log: None,
+                timer: None,
+                last_sync_us: 0,
+                started_us: None,
+                target_reached: false,
+                established: BTreeSet::new(),
+                dialled_at: BTreeMap::new(),
+                restart_pending: false,
+            };
+            let node = World::sim_node(&mut rng, &profile, identity, addr, Actor::Honest(Box::new(honest)));
+            nodes.push(node);
+        }
+        let adversaries = if profile.adversaries > 0.0 {
+            ((config.nodes as f64 * profile.adversaries).ceil() as usize).max(1)
+        } else {
+            0
+        };
+        for i in 0..adversaries {
+            let identity = random_identity(&mut rng);
+            let addr = SocketAddr::from(([10, 255, (i >> 8) as u8, i as u8], net::LISTEN_PORT));
+            let node = World::sim_node(
+                &mut rng,
+                &profile,
+                identity.clone(),
+                addr,
+                Actor::Adversary(Box::new(Adversary::new(identity))),
+            );
+            nodes.push(node);
+        }
+        let mut world = World {
+            honest: config.nodes,
+            config,
+            rng,
+            nodes,
+            by_addr,
+            queue: BinaryHeap::new(),
+            next_seq: 0,
+            now_us: 0,
+            links: BTreeMap::new(),
+            partition: None,
+            trace: blake3::Hasher::new(),
+            trace_events: Vec::new(),
+            trace_fold: 0,
+            events: 0,
+            messages: 0,
+            bytes: 0,
+            counts: FaultCounts::new(),
+            handshakes: Durations::default(),
+            to_target: Durations::default(),
+            wall_started: Instant::now(),
+            outputs: Vec::new(),
+        };
+        world.schedule_faults();
+        world
+    }
+
+    fn sim_node(
+        rng: &mut ChaCha8Rng,
+        profile: &FaultProfile,
+        identity: Identity,
+        addr: SocketAddr,
+        actor: Actor,
+    ) -> SimNode {
+        let skew = upto(rng, 2 * profile.clock_skew_ms_max) as i64 - profile.clock_skew_ms_max as i64;
+        let drift = upto(rng, 2 * profile.drift_ppm_max) as i64 - profile.drift_ppm_max as i64;
+        let clock = NodeClock { offset_us: rng.next_u64() % 1_000_000_000, drift_ppm: drift, wall_skew_ms: skew };
+        let uplink_bps = if profile.bandwidth_max == 0 {
+            0
+        } else {
+            profile.bandwidth_min + upto(rng, profile.bandwidth_max - profile.bandwidth_min)
+        };
+        SimNode {
+            identity,
+            addr,
+            place: Place::random(rng),
+            clock,
+            uplink_bps,
+            uplink_free_us: 0,
+            base_skew_ms: skew,
+            epoch: 0,
+            next_inbound: 0,
+            actor,
+        }
+    }
+
+    fn schedule_faults(&mut self) {
+        let spread_us = self.config.join_spread_ms() * 1000;
+        for index in 0..self.config.nodes {
+            let at = if index == 0 || spread_us == 0 { 0 } else { 1 + self.rng.next_u64() % spread_us };
+            self.schedule(at, Ev::Start(index));
+        }
+        let profile = self.config.faults.clone();
+        for index in 0..self.nodes.len() {
+            if index < self.honest {
+                if let Some(at) = next_after(&mut self.rng, profile.crash_every_ms) {
+                    self.schedule(at, Ev::Crash(index));
+                }
+                if let Some(at) = next_after(&mut self.rng, profile.clock_jump_every_ms) {
+                    self.schedule(at, Ev::ClockJump(index));
+                }
+            } else if let Some(at) = next_after(&mut self.rng, profile.attack_every_ms) {
+                self.schedule(at, Ev::Attack(index));
+            }
+        }
+        if let Some(at) = next_after(&mut self.rng, profile.partition_every_ms) {
+            self.schedule(at, Ev::Partition);
+        }
+        if profile.clock_jump_every_ms > 0 {
+            self.schedule(self.config.heal_at_us(), Ev::HealClocks);
+        }
+    }
+
+    /// Runs until the configured duration, then checks liveness.
+    pub fn run(&mut self) -> Result<(), SimError> {
+        self.run_until(self.config.duration_ms * 1000)?;
+        self.check_liveness()
+    }
+
+    /// Processes every event up to simulated time `until_us`.
+    pub fn run_until(&mut self, until_us: u64) -> Result<(), SimError> {
+        while let Some(Reverse(next)) = self.queue.peek() {
+            if next.at_us > until_us {
+                break;
+            }
+            let Some(Reverse(Scheduled { at_us, ev, .. })) = self.queue.pop() else { break };
+            self.now_us = at_us;
+            self.events += 1;
+            if self.events > EVENTS_MAX {
+                return Err(SimError::Runaway { command: self.config.command() });
+            }
+            self.trace_event(at_us, &ev);
+            self.step(ev)?;
+        }
+        self.now_us = self.now_us.max(until_us);
+        Ok(())
+    }
+
+    fn trace_event(&mut self, at_us: u64, ev: &Ev) {
+        let (tag, node, conn) = ev.tag();
+        self.trace.update(&at_us.to_le_bytes());
+        self.trace.update(&[tag]);
+        self.trace.update(&(node as u64).to_le_bytes());
+        self.trace.update(&conn.to_le_bytes());
+        if self.config.record_trace {
+            self.trace_fold = mix(mix(mix(self.trace_fold ^ at_us) ^ u64::from(tag)) ^ node as u64) ^ conn;
+            self.trace_events.push(TraceEvent {
+                at_us,
+                kind: EVENT_KINDS[usize::from(tag)],
+                node,
+                conn: ConnId(conn),
+                digest: self.trace_fold,
+            });
+        }
+    }
+
+    fn step(&mut self, ev: Ev) -> Result<(), SimError> {
+        match ev {
+            Ev::Start(n) => self.start(n),
+            Ev::Timer { node, epoch } => self.timer(node, epoch),
+            Ev::Connect { from, addr } => self.connect(from, addr),
+            Ev::Secured { to, binding } => self.deliver_input(to, Input::Secured { conn: to.2, binding }),
+            Ev::Deliver { to, bytes } => self.deliver_input(to, Input::Received { conn: to.2, bytes }),
+            Ev::Closed { to, reason } => {
+                self.deliver_input(to, Input::Closed { conn: to.2, reason: reason.to_string() })
+            }
+            Ev::Crash(n) => self.crash(n),
+            Ev::Restart(n) => self.restart(n),
+            Ev::Partition => {
+                self.start_partition();
+                Ok(())
+            }
+            Ev::Heal => {
+                self.partition = None;
+                Ok(())
+            }
+            Ev::HealClocks => {
+                // Time synchronisation corrects jumped clocks once faults stop.
+                for node in &mut self.nodes {
+                    node.clock.wall_skew_ms = node.base_skew_ms;
+                }
+                Ok(())
+            }
+            Ev::ClockJump(n) => {
+                self.clock_jump(n);
+                Ok(())
+            }
+            Ev::Attack(n) => {
+                self.attack(n);
+                Ok(())
+            }
+        }
+    }
+
+    fn faults_active(&self) -> bool {
+        self.now_us < self.config.heal_at_us()
+    }
+
+    fn count(&mut self, fault: &'static str) {
+        *self.counts.entry(fault).or_insert(0) += 1;
+    }
+}
+
+fn random_identity(rng: &mut ChaCha8Rng) -> Identity {
+    let mut secret = [0u8; 32];
+    rng.fill_bytes(&mut secret);
+    Identity::from_secret_bytes(&secret)
+}
+
+/// splitmix64 finaliser: a cheap, well-mixed fold for per-event digests.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
