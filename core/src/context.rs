@@ -148,6 +148,19 @@ impl Cx<'_> {
     /// `origin` with `tag`. Deadline: `handshake_timeout_ms`.
     pub fn request(&mut self, conn: ConnId, body: Request, origin: Origin, tag: u64) -> Result<RequestId, Refused> {
         let timeout_ms = self.config.handshake_timeout_ms;
+        self.request_within(conn, body, origin, tag, timeout_ms)
+    }
+
+    /// Like [`Cx::request`] with a deadline of the module's choosing (e.g. scaled to the peer's
+    /// measured round trip, so a dead peer costs one short deadline).
+    pub fn request_within(
+        &mut self,
+        conn: ConnId,
+        body: Request,
+        origin: Origin,
+        tag: u64,
+        timeout_ms: u64,
+    ) -> Result<RequestId, Refused> {
         let id = self.requests.start(self.now.mono, conn, &body, origin, tag, timeout_ms)?;
         // An encoding refusal was reported as an event; the request then times out like any.
         let _ = self.send(conn, &Message::Request { id, body });

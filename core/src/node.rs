@@ -530,8 +530,7 @@ impl Node {
         for conn in self.state.conns.handshakes_expired(now) {
             self.close(conn, CloseReason::HandshakeTimeout);
         }
-        let grace_ms = self.state.config.handshake_timeout_ms;
-        for expiry in self.state.requests.expire(now, grace_ms) {
+        for expiry in self.state.requests.expire(now) {
             match expiry {
                 Expiry::TimedOut { conn, request } => {
                     cx!(self).event(Event::RequestTimedOut { conn, id: request.id, kind: request.kind });

@@ -224,7 +224,7 @@ impl Requests {
     }
 
     /// Handles every deadline at or before `now`, in deadline order.
-    pub fn expire(&mut self, now: Mono, grace_ms: u64) -> Vec<Expiry> {
+    pub fn expire(&mut self, now: Mono) -> Vec<Expiry> {
         let mut out = Vec::new();
         while let Some(&(at, conn, id)) = self.deadlines.first() {
             if at > now {
@@ -242,8 +242,10 @@ impl Requests {
                 continue;
             }
             let request = &mut peer.pending[i];
+            // The grace is as long as the request's own timeout.
+            let timeout_us = request.deadline.0.saturating_sub(request.sent.0);
             request.timed_out = true;
-            request.deadline = now.plus_ms(grace_ms);
+            request.deadline = Mono(now.0.saturating_add(timeout_us));
             self.deadlines.insert((request.deadline, conn, id));
             self.counters.timed_out += 1;
             out.push(Expiry::TimedOut { conn, request: request.clone() });
@@ -321,13 +323,13 @@ mod tests {
         r.open(conn, Mono(0));
         let a = r.start(Mono(0), conn, &ask(), Origin::Discovery, 0, 1000).expect("sent");
         let b = r.start(Mono(0), conn, &ask(), Origin::Discovery, 0, 1000).expect("sent");
-        assert!(r.expire(Mono(999_999), 1000).is_empty());
-        let expired = r.expire(Mono(1_000_000), 1000);
+        assert!(r.expire(Mono(999_999)).is_empty());
+        let expired = r.expire(Mono(1_000_000));
         assert_eq!(expired.len(), 2);
         assert!(matches!(&expired[0], Expiry::TimedOut { request, .. } if request.id == a));
         assert!(matches!(r.answer(conn, a, Kind::NetworkInfo), Answer::Late(_)));
         assert_eq!(r.counters().late, 1);
-        assert_eq!(r.expire(Mono(2_000_000), 1000), vec![Expiry::Unresponsive { conn }]);
+        assert_eq!(r.expire(Mono(2_000_000)), vec![Expiry::Unresponsive { conn }]);
         let _ = b;
         r.check().expect("consistent");
     }
