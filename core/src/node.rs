@@ -317,7 +317,9 @@ impl Node {
     /// the tables' indexes, and that every established peer is a proven identity other than ours.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         self.state.conns.check(&self.state.config)?;
-        self.state.requests.check().map_err(|_| InvariantViolation::IndexOutOfStep { what: "request deadlines" })?;
+        if !self.state.requests.counts_agree() {
+            return Err(InvariantViolation::IndexOutOfStep { what: "request deadlines" });
+        }
         let now = self.state.now.mono;
         for (id, _, e) in self.state.conns.established() {
             if e.node_id == self.state.node_id {
@@ -332,9 +334,11 @@ impl Node {
         Ok(())
     }
 
-    /// Checks the known-peer table's indexes (O(n); tests and fuzzing).
+    /// Checks every table's indexes entry by entry (O(n); tests and fuzzing): the known-peer
+    /// table and the request layer.
     pub fn check_tables(&self) -> Result<(), String> {
-        self.state.discovery.known().check()
+        self.state.discovery.known().check()?;
+        self.state.requests.check()
     }
 
     /// The status snapshot at `now`.

@@ -268,6 +268,19 @@ impl Requests {
         &self.counters
     }
 
+    /// Whether there is one deadline per pending request and no table is over its bound (cheap
+    /// enough to run after every simulated step; [`Requests::check`] is the full check).
+    pub fn counts_agree(&self) -> bool {
+        let mut pending = 0;
+        for peer in self.peers.values() {
+            if peer.pending.len() > IN_FLIGHT_PER_PEER_MAX {
+                return false;
+            }
+            pending += peer.pending.len();
+        }
+        pending == self.deadlines.len()
+    }
+
     /// Checks the table's own invariants: bounds, order, and the deadline index.
     pub fn check(&self) -> Result<(), String> {
         let mut indexed = 0;
