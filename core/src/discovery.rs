@@ -36,7 +36,7 @@ pub const IN_FLIGHT_MAX: usize = 2;
 pub const FANOUT: usize = 2;
 
 /// A peer as passed around by discovery.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerRecord {
     /// Its id.
     pub node_id: NodeId,

@@ -41,30 +41,93 @@ pub struct KnownPeer {
     slot: u32,
     /// Position in the pool of verified ids, if verified.
     verified_slot: Option<u32>,
+    /// The `last_seen` its eviction key was made with. Sightings do not move the key (most
+    /// discovery records are peers we know); eviction refreshes stale keys lazily.
+    ranked_at: Mono,
 }
 
 impl KnownPeer {
     /// Eviction key: unverified before verified, then the longest unseen, then by id.
     fn rank(&self, id: NodeId) -> (bool, Mono, NodeId) {
-        (self.verified, self.last_seen, id)
+        (self.verified, self.ranked_at, id)
     }
 }
+
+/// Stale eviction keys refreshed per eviction at most; past it the first is evicted anyway,
+/// so one eviction costs O(log n) whatever the table holds.
+const RERANK_PER_EVICTION_MAX: usize = 16;
 
 /// Pools at most this large are sampled exactly (a shuffled scan); larger ones by drawing
 /// random positions, at most `want * 4 + 64` times.
 pub const SCAN_MAX: usize = 256;
 
 /// The table of known peers, bounded by `max`.
+///
+/// Only `peers` and `max` are stored (snapshots, state hash): every peer carries its positions
+/// and its eviction key, so the indexes are rebuilt exactly on restore.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(from = "Stored")]
 pub struct KnownPeers {
     peers: BTreeMap<NodeId, KnownPeer>,
-    /// Every known id, in no particular order (each peer's `slot` is its position).
-    all: Vec<NodeId>,
-    /// Every verified id (each verified peer's `verified_slot` is its position).
-    verified: Vec<NodeId>,
+    /// Every known peer as a dial candidate, in no particular order (each peer's `slot` is its
+    /// position). Sampling reads what it needs here, without a lookup per draw.
+    #[serde(skip)]
+    all: Vec<Dialable>,
+    /// Every verified peer as discovery passes it on (each one's `verified_slot` is its position).
+    #[serde(skip)]
+    verified: Vec<PeerRecord>,
     /// Eviction order, least useful first.
+    #[serde(skip)]
     ranked: BTreeSet<(bool, Mono, NodeId)>,
     max: usize,
+}
+
+/// A known peer as `fill_peers` looks at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Dialable {
+    id: NodeId,
+    addr: SocketAddr,
+    next_dial: Mono,
+}
+
+impl KnownPeer {
+    fn dialable(&self, id: NodeId) -> Dialable {
+        Dialable { id, addr: self.addr, next_dial: self.next_dial }
+    }
+
+    fn record(&self, id: NodeId) -> PeerRecord {
+        PeerRecord { node_id: id, address: self.addr, public_key: self.public_key }
+    }
+}
+
+/// What a snapshot holds of [`KnownPeers`].
+#[derive(Deserialize)]
+struct Stored {
+    peers: BTreeMap<NodeId, KnownPeer>,
+    max: usize,
+}
+
+impl From<Stored> for KnownPeers {
+    fn from(stored: Stored) -> KnownPeers {
+        let unset = Dialable { id: NodeId([0; 32]), addr: SocketAddr::from(([0, 0, 0, 0], 0)), next_dial: Mono(0) };
+        let mut all = vec![unset; stored.peers.len()];
+        let verified_len = stored.peers.values().filter(|p| p.verified_slot.is_some()).count();
+        let mut verified =
+            vec![PeerRecord { node_id: unset.id, address: unset.addr, public_key: PublicKey([0; 32]) }; verified_len];
+        let mut ranked = BTreeSet::new();
+        for (id, p) in &stored.peers {
+            // A snapshot is our own writing; a slot out of range would only come from a
+            // corrupt one, and then `check` reports the table out of step.
+            if let Some(slot) = all.get_mut(p.slot as usize) {
+                *slot = p.dialable(*id);
+            }
+            if let Some(slot) = p.verified_slot.and_then(|v| verified.get_mut(v as usize)) {
+                *slot = p.record(*id);
+            }
+            ranked.insert(p.rank(*id));
+        }
+        KnownPeers { peers: stored.peers, all, verified, ranked, max: stored.max }
+    }
 }
 
 impl KnownPeers {
@@ -151,6 +214,9 @@ impl KnownPeers {
         }
         let backoff_ms = 1000u64.saturating_mul(1 << entry.failures.min(20)).min(REDIAL_BACKOFF_MS_MAX);
         entry.next_dial = now.plus_ms(backoff_ms);
+        if let Some(slot) = self.all.get_mut(entry.slot as usize) {
+            *slot = entry.dialable(*id);
+        }
     }
 
     /// Forgets a peer (e.g. it proved another identity than the one we were told).
@@ -166,9 +232,8 @@ impl KnownPeers {
         want: usize,
         exclude: impl Fn(&NodeId) -> bool,
     ) -> Vec<(NodeId, SocketAddr)> {
-        let peers = &self.peers;
-        let due = |id: &NodeId| peers.get(id).is_some_and(|p| p.next_dial <= now) && !exclude(id);
-        pick(rng, &self.all, want, due).into_iter().filter_map(|id| peers.get(&id).map(|p| (id, p.addr))).collect()
+        let due = |d: &Dialable| d.next_dial <= now && !exclude(&d.id);
+        pick(rng, &self.all, want, due).into_iter().map(|d| (d.id, d.addr)).collect()
     }
 
     /// Up to `max` verified peers chosen at random, none of them in `exclude`.
@@ -178,12 +243,7 @@ impl KnownPeers {
         max: usize,
         exclude: impl Fn(&NodeId) -> bool,
     ) -> Vec<PeerRecord> {
-        pick(rng, &self.verified, max, |id| !exclude(id))
-            .into_iter()
-            .filter_map(|id| {
-                self.peers.get(&id).map(|p| PeerRecord { node_id: id, address: p.addr, public_key: p.public_key })
-            })
-            .collect()
+        pick(rng, &self.verified, max, |r| !exclude(&r.node_id))
     }
 
     /// Checks that the indexes agree with the table (O(n): for tests and fuzzing).
@@ -199,11 +259,11 @@ impl KnownPeers {
         }
         let mut verified = 0;
         for (id, p) in &self.peers {
-            if self.all.get(p.slot as usize) != Some(id) || !self.ranked.contains(&p.rank(*id)) {
+            if self.all.get(p.slot as usize) != Some(&p.dialable(*id)) || !self.ranked.contains(&p.rank(*id)) {
                 return Err(format!("{id:?}: index out of step"));
             }
             match p.verified_slot {
-                Some(v) if p.verified && self.verified.get(v as usize) == Some(id) => verified += 1,
+                Some(v) if p.verified && self.verified.get(v as usize) == Some(&p.record(*id)) => verified += 1,
                 None if !p.verified => {}
                 _ => return Err(format!("{id:?}: verified index out of step")),
             }
@@ -225,25 +285,38 @@ impl KnownPeers {
             next_dial: now,
             slot: self.all.len() as u32,
             verified_slot: None,
+            ranked_at: now,
         };
-        self.all.push(id);
+        self.all.push(peer.dialable(id));
         if verified {
             peer.verified_slot = Some(self.verified.len() as u32);
-            self.verified.push(id);
+            self.verified.push(peer.record(id));
         }
         self.ranked.insert(peer.rank(id));
         self.peers.insert(id, peer);
     }
 
-    /// Changes one entry, keeping the eviction order and the verified pool in step.
+    /// Changes one entry, keeping the verified pool in step. The eviction key moves only when
+    /// the entry becomes verified; a newer `last_seen` is taken into account at eviction.
     fn update(&mut self, id: NodeId, change: impl FnOnce(&mut KnownPeer)) {
         let Some(entry) = self.peers.get_mut(&id) else { return };
-        self.ranked.remove(&entry.rank(id));
+        let (was_verified, old_rank) = (entry.verified, entry.rank(id));
         change(entry);
-        self.ranked.insert(entry.rank(id));
+        if entry.verified && !was_verified {
+            self.ranked.remove(&old_rank);
+            entry.ranked_at = entry.last_seen;
+            self.ranked.insert(entry.rank(id));
+        }
         if entry.verified && entry.verified_slot.is_none() {
             entry.verified_slot = Some(self.verified.len() as u32);
-            self.verified.push(id);
+            self.verified.push(entry.record(id));
+        }
+        // The pools carry copies of what sampling reads.
+        if let Some(slot) = self.all.get_mut(entry.slot as usize) {
+            *slot = entry.dialable(id);
+        }
+        if let Some(slot) = entry.verified_slot.and_then(|v| self.verified.get_mut(v as usize)) {
+            *slot = entry.record(id);
         }
     }
 
@@ -251,13 +324,13 @@ impl KnownPeers {
         let Some(peer) = self.peers.remove(id) else { return false };
         self.ranked.remove(&peer.rank(*id));
         if let Some(moved) = swap_remove(&mut self.all, peer.slot as usize)
-            && let Some(p) = self.peers.get_mut(&moved)
+            && let Some(p) = self.peers.get_mut(&moved.id)
         {
             p.slot = peer.slot;
         }
         if let Some(slot) = peer.verified_slot
             && let Some(moved) = swap_remove(&mut self.verified, slot as usize)
-            && let Some(p) = self.peers.get_mut(&moved)
+            && let Some(p) = self.peers.get_mut(&moved.node_id)
         {
             p.verified_slot = Some(slot);
         }
@@ -266,6 +339,17 @@ impl KnownPeers {
 
     /// Forgets the least useful peer: unverified before verified, then the longest unseen.
     fn evict_one(&mut self) -> bool {
+        for _ in 0..RERANK_PER_EVICTION_MAX {
+            let Some(&(verified, ranked_at, id)) = self.ranked.first() else { return false };
+            let Some(peer) = self.peers.get_mut(&id) else { return false };
+            if peer.last_seen <= ranked_at {
+                return self.remove(&id);
+            }
+            // Seen since it was ranked: move it to where it belongs and look again.
+            self.ranked.pop_first();
+            peer.ranked_at = peer.last_seen;
+            self.ranked.insert((verified, peer.ranked_at, id));
+        }
         match self.ranked.first().map(|(_, _, id)| *id) {
             Some(id) => self.remove(&id),
             None => false,
@@ -274,7 +358,7 @@ impl KnownPeers {
 }
 
 /// Removes `pool[at]` by moving the last element there; returns the moved element, if any.
-fn swap_remove(pool: &mut Vec<NodeId>, at: usize) -> Option<NodeId> {
+fn swap_remove<T: Copy>(pool: &mut Vec<T>, at: usize) -> Option<T> {
     if at >= pool.len() {
         return None;
     }
@@ -282,37 +366,43 @@ fn swap_remove(pool: &mut Vec<NodeId>, at: usize) -> Option<NodeId> {
     pool.get(at).copied()
 }
 
-/// Up to `want` distinct ids from `pool` that `accept` takes, uniformly at random. Small pools
-/// are shuffled and scanned (exact); large ones are drawn from at random positions a bounded
-/// number of times, so the cost is O(want) whatever the pool's size.
-fn pick(rng: &mut ChaCha8Rng, pool: &[NodeId], want: usize, mut accept: impl FnMut(&NodeId) -> bool) -> Vec<NodeId> {
-    let mut out = Vec::with_capacity(want.min(pool.len()));
-    if want == 0 || pool.is_empty() {
-        return out;
-    }
-    if pool.len() <= SCAN_MAX {
-        let mut order = pool.to_vec();
-        let n = order.len();
+/// Up to `want` distinct ids from `pool` that `accept` takes, uniformly at random (Fisher-Yates).
+/// Pools up to `SCAN_MAX` are drawn from until exhausted (exact); larger ones at most
+/// `want * 4 + 64` times with a shuffle that only records the positions it moved (O(k log k),
+/// no copy of the pool), so the cost does not grow with the pool.
+fn pick<T: Clone>(rng: &mut ChaCha8Rng, pool: &[T], want: usize, mut accept: impl FnMut(&T) -> bool) -> Vec<T> {
+    let n = pool.len();
+    let mut out = Vec::with_capacity(want.min(n));
+    if n <= SCAN_MAX {
+        // Small pools: shuffle positions in place (a few hundred bytes).
+        let mut order: Vec<u16> = (0..n as u16).collect();
         for i in 0..n {
+            if out.len() == want {
+                break;
+            }
             let j = i + (rng.next_u64() % (n - i) as u64) as usize;
             order.swap(i, j);
-            if accept(&order[i]) {
-                out.push(order[i]);
-                if out.len() == want {
-                    break;
-                }
+            let item = &pool[usize::from(order[i])];
+            if accept(item) {
+                out.push(item.clone());
             }
         }
         return out;
     }
-    let mut tried = BTreeSet::new();
-    for _ in 0..want.saturating_mul(4).saturating_add(64) {
-        let id = pool[(rng.next_u64() % pool.len() as u64) as usize];
-        if tried.insert(id) && accept(&id) {
-            out.push(id);
-            if out.len() == want {
-                break;
-            }
+    let steps = n.min(want.saturating_mul(4).saturating_add(64));
+    let mut moved: BTreeMap<usize, usize> = BTreeMap::new();
+    for i in 0..steps {
+        if out.len() == want {
+            break;
+        }
+        let j = i + (rng.next_u64() % (n - i) as u64) as usize;
+        let at_j = moved.get(&j).copied().unwrap_or(j);
+        let at_i = moved.remove(&i).unwrap_or(i);
+        if j != i {
+            moved.insert(j, at_i);
+        }
+        if accept(&pool[at_j]) {
+            out.push(pool[at_j].clone());
         }
     }
     out
@@ -390,6 +480,15 @@ mod tests {
         let candidates = table.candidates(&mut rng, Mono(10_000), 8, |id| id.0[3] % 2 == 0);
         assert_eq!(candidates.len(), 8);
         assert!(candidates.iter().all(|(id, _)| id.0[3] % 2 == 1));
+        let restored: KnownPeers =
+            postcard::from_bytes(&postcard::to_allocvec(&table).expect("encodes")).expect("decodes");
+        restored.check().expect("indexes rebuilt on restore");
+        let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(9), ChaCha8Rng::seed_from_u64(9));
+        assert_eq!(
+            table.sample_verified(&mut a, 20, |_| false),
+            restored.sample_verified(&mut b, 20, |_| false),
+            "a restored table samples exactly as the live one"
+        );
         table.set_max(10);
         table.check().expect("indexes in step after shrinking");
     }
