@@ -227,7 +227,7 @@ async fn session(
 /// The post-handshake frames this test sends (the only place that builds them): question
 /// `i` of a connection, alternating between the two questions a peer may ask.
 fn question_frame(i: usize, me: NodeId) -> Vec<u8> {
-    let message = if i % 2 == 0 {
+    let message = if i.is_multiple_of(2) {
         Message::GetNetworkInfo
     } else {
         Message::DiscoverPeers { node_id: me, max_peers: PEERS_PER_ANSWER_MAX as u16, exclude: Vec::new() }

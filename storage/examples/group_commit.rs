@@ -1,10 +1,10 @@
 //! What durability costs: appends through the group-commit storage thread (one fsync per
 //! group) against plain fjall appends with no fsync at all, measured in the same run.
 //!
-//! `cargo run --release -p mynet-storage --example group_commit [SECONDS] [RECORD_BYTES]`
+//! `cargo run --release -p mynet-storage --example group_commit [SECONDS] [RECORD_BYTES] [RATE]`
 //!
-//! The producer appends as fast as the storage queue takes records and, like the driver,
-//! notes when each one becomes durable. It prints appends per second for both, the ratio,
+//! The producer appends as fast as the storage queue takes records (or RATE appends per
+//! second, paced every millisecond) and, like the driver, notes when each one becomes durable. It prints appends per second for both, the ratio,
 //! the average group size, and the append-to-durable latency percentiles.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let seconds: f64 = args.next().map_or(Ok(2.0), |s| s.parse())?;
     let size: usize = args.next().map_or(Ok(200), |s| s.parse())?;
+    let rate: u64 = args.next().map_or(Ok(0), |s| s.parse())?;
     let run_for = Duration::from_secs_f64(seconds);
 
     // Baseline: appends on the calling thread, never synced (the fastest the log can take).
@@ -54,9 +55,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut count = 0u64;
     while started.elapsed() < run_for {
+        if rate > 0 && count >= (started.elapsed().as_secs_f64() * rate as f64) as u64 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let seq = log.append_bytes(record(count, size))?;
         count += 1;
-        if seq % 64 == 0 {
+        if seq.is_multiple_of(64) {
             waiting.push((seq, Instant::now()));
         }
         let now_durable = durable.load(Ordering::Acquire);
@@ -76,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pct = |q: f64| {
         latencies.get(((latencies.len().max(1) - 1) as f64 * q) as usize).map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
-    println!("record {size} B, {seconds} s each");
+    println!("record {size} B, {seconds} s each, group commit paced at {rate} appends/s (0: unpaced)");
     println!("plain fjall appends, no fsync:   {plain_rate:>10.0} appends/s");
     println!(
         "group commit, fsync per group:  {group_rate:>10.0} appends/s ({:.2}x the baseline), {} fsyncs, {:.0} appends per fsync",
