@@ -1,6 +1,7 @@
 //! A real node flooded by 50 authenticated peers (real Noise XX, signed Hello, each peer with
 //! its own identity and its own loopback address) still answers `GET /status` on its local
-//! API within 100 ms.
+//! API within 100 ms; and a peer the node cuts off for flooding still gets every answer the
+//! node queued before the close.
 //!
 //! Each peer churns: connect, handshake, ask as many questions as a connection may ask
 //! (core allows 10 a minute per connection), read the answers, hang up, reconnect. That is
@@ -192,14 +193,8 @@ impl Channel {
     }
 }
 
-/// Connect, Noise XX, signed Hello, every question a connection may ask, the answers, hang up.
-async fn session(
-    node: SocketAddr,
-    ip: Ipv4Addr,
-    identity: &Identity,
-    static_key: &[u8],
-    traffic: &Traffic,
-) -> Result<(), String> {
+/// Connects from `ip`, runs Noise XX and the signed Hello, and waits for the node's answer.
+async fn connect(node: SocketAddr, ip: Ipv4Addr, identity: &Identity, static_key: &[u8]) -> Result<Channel, String> {
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket.bind(SocketAddr::new(ip.into(), 0)).map_err(|e| e.to_string())?;
     let mut stream = socket.connect(node).await.map_err(|e| e.to_string())?;
@@ -210,18 +205,69 @@ async fn session(
     let hello = build_hello(identity, Role::Initiator, Binding(binding), NETWORK_ID, PROTOCOL_VERSION, wall_ms, None);
     channel.send(&[wire::encode_frame(&Message::Hello(hello))]).await?;
     channel.read_until(1, |m| matches!(m, Message::HelloAck(_))).await?;
+    Ok(channel)
+}
+
+fn is_answer(message: &Message) -> bool {
+    matches!(message, Message::NetworkInfo(_) | Message::Peers(_))
+}
+
+/// Connect, handshake, every question a connection may ask, the answers, hang up.
+async fn session(
+    node: SocketAddr,
+    ip: Ipv4Addr,
+    identity: &Identity,
+    static_key: &[u8],
+    traffic: &Traffic,
+) -> Result<(), String> {
+    let mut channel = connect(node, ip, identity, static_key).await?;
     traffic.handshakes.fetch_add(1, Ordering::Relaxed);
     let questions: Vec<Vec<u8>> = (0..QUESTIONS_PER_CONN).map(|i| question_frame(i, identity.node_id())).collect();
     channel.send(&questions).await?;
     traffic.frames_sent.fetch_add(1 + questions.len() as u64, Ordering::Relaxed);
     // The node may ask us too (discovery); only answers to our questions count.
-    channel.read_until(questions.len(), |m| matches!(m, Message::NetworkInfo(_) | Message::Peers(_))).await?;
+    channel.read_until(questions.len(), is_answer).await?;
     traffic.answers.fetch_add(questions.len() as u64, Ordering::Relaxed);
     // Hang up and wait for the node to close its side, so the next session is not a duplicate
     // of this one.
     let _ = channel.stream.shutdown().await;
     while noise::read_msg(&mut channel.stream).await.is_ok() {}
     Ok(())
+}
+
+/// The node answers ten questions, closes the connection at the eleventh (a flood), and the
+/// close sends the ten answers already queued before it shuts the socket down: the peer reads
+/// them all, then a clean end of stream rather than a reset.
+#[test]
+fn answers_queued_before_the_node_closes_a_connection_still_arrive() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("node");
+    configure(&dir, json!({}), &[]);
+    let mut node = RunningNode::start(&dir);
+    let status = node.wait_ready(Duration::from_secs(20));
+    let node_addr: SocketAddr = status["listen_addr"].as_str().expect("listen addr").parse().expect("addr");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (answers, end) = runtime.block_on(async {
+        let identity = Identity::from_secret_bytes(&[0x17; 32]);
+        let mut channel =
+            connect(node_addr, Ipv4Addr::LOCALHOST, &identity, &noise::generate_static_key()).await.expect("handshake");
+        let questions: Vec<Vec<u8>> = (0..=QUESTIONS_PER_CONN).map(|i| question_frame(i, identity.node_id())).collect();
+        channel.send(&questions).await.expect("send");
+        let mut answers = 0;
+        let end = loop {
+            let read = tokio::time::timeout(STEP_TIMEOUT, channel.read_until(1, is_answer)).await;
+            match read {
+                Ok(Ok(())) => answers += 1,
+                Ok(Err(end)) => break end,
+                Err(_) => break "timed out".to_string(),
+            }
+        };
+        (answers, end)
+    });
+    assert_eq!(answers, QUESTIONS_PER_CONN, "every answer queued before the close arrived (then: {end})");
+    assert_eq!(end, "connection closed by peer", "the node shut the socket down cleanly");
+    node.wait_log("request flood", Duration::from_secs(5));
+    assert!(node.stop().success());
 }
 
 /// The post-handshake frames this test sends (the only place that builds them): question
