@@ -3,7 +3,7 @@
 //!
 //! The event log lives on a storage thread ([`GroupCommitLog`]): this thread appends and never
 //! waits for the disk. What peers can see of an input (Send, Dial, Accept, Close) waits in
-//! `pending` until the storage thread reports the input durable; many inputs share one fsync.
+//! `held` until the storage thread reports the input durable; many inputs share one fsync.
 
 use core::net::SocketAddr;
 use std::collections::{HashMap, VecDeque};
@@ -17,11 +17,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::durability::Held;
 use crate::transport::{self, CLOSE_DRAIN_MAX, NetEvent, Transport};
 
-/// Outputs waiting for their input to be durable. When full, the driver takes no network
-/// events until the disk catches up (timers and the API still run).
-pub const PENDING_OUTPUTS_MAX: usize = 65_536;
 /// Network events handled in one turn of the loop before timers, durability and the API are
 /// looked at again: enough to amortise the turn, few enough to keep the API prompt.
 pub const NET_BATCH_MAX: usize = 32;
@@ -90,9 +88,8 @@ pub struct Facts {
 pub struct Driver {
     journal: Journaled<GroupCommitLog<FjallLog>>,
     durable: watch::Receiver<DurableReport>,
-    /// Outputs peers can see, each with the log position that must be durable first, in the
-    /// order the node emitted them.
-    pending: VecDeque<(u64, Output)>,
+    /// What peers can see, held until the inputs that caused it are durable.
+    held: Held,
     clock: Clock,
     transport: Transport,
     conns: HashMap<ConnId, ConnHandle>,
@@ -127,7 +124,7 @@ impl Driver {
         let mut driver = Driver {
             journal,
             durable,
-            pending: VecDeque::new(),
+            held: Held::default(),
             clock,
             transport,
             conns: HashMap::new(),
@@ -173,7 +170,7 @@ impl Driver {
             }
             let deadline = self.journal.node().poll_timeout().map(|(at, _)| self.clock.instant_of(at));
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
-            let may_take_net = self.pending.len() < PENDING_OUTPUTS_MAX;
+            let may_take_net = !self.held.is_full();
             // Everything but network events comes first, and network events come in bounded
             // batches, so a flood cannot starve durability (which releases outputs), deadlines
             // (handshake and request timeouts) or the local API.
@@ -280,9 +277,9 @@ impl Driver {
                 if let Some(handle) = self.conns.get_mut(&conn) {
                     handle.closing = true;
                 }
-                self.pending.push_back((needs, Output::Close { conn }));
+                self.held.hold(needs, Output::Close { conn });
             }
-            visible => self.pending.push_back((needs, visible)),
+            visible => self.held.hold(needs, visible),
         }
     }
 
@@ -298,12 +295,8 @@ impl Driver {
     }
 
     fn release_up_to(&mut self, durable: u64) {
-        while let Some((needs, _)) = self.pending.front()
-            && *needs <= durable
-        {
-            if let Some((_, output)) = self.pending.pop_front() {
-                self.execute(output);
-            }
+        while let Some(output) = self.held.next_released(durable) {
+            self.execute(output);
         }
     }
 
@@ -406,7 +399,7 @@ impl Driver {
             "counters": status.counters,
             "event_log_next_seq": self.journal.log().next_seq(),
             "event_log_durable_seq": self.durable.borrow().clone().unwrap_or_default(),
-            "outputs_awaiting_durability": self.pending.len(),
+            "outputs_awaiting_durability": self.held.len(),
         })
     }
 }

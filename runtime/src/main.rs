@@ -4,6 +4,7 @@ mod accept;
 mod api;
 mod datadir;
 mod driver;
+mod durability;
 mod noise;
 mod replay;
 mod startup;
