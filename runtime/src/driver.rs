@@ -141,6 +141,7 @@ impl Driver {
         }
         Ok(driver)
     }
+
     /// The main loop. Returns when `shutdown` fires (Ok) or start-up fails (Err).
     pub async fn run(
         mut self,
@@ -149,10 +150,16 @@ impl Driver {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), (Phase, anyhow::Error)> {
         let phase = self.journal.node().phase();
-        self.main_loop(&mut net, &mut api, shutdown).await.map_err(|e| match self.failure.take() {
+        let result = self.main_loop(&mut net, &mut api, shutdown).await.map_err(|e| match self.failure.take() {
             Some((failed, reason)) => (failed, anyhow!(reason)),
             None => (phase.max(self.journal.node().phase()), e),
-        })
+        });
+        // The storage thread owns the log: wait until it has applied what is queued and closed
+        // the log, so the process never exits in the middle of a write.
+        if let Err(err) = self.journal.into_log().close() {
+            tracing::warn!("closing the event log: {err}");
+        }
+        result
     }
 
     async fn main_loop(
