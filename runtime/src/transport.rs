@@ -185,6 +185,54 @@ impl Transport {
 mod tests {
     use super::*;
 
+    /// Connects a Noise initiator to a connection task run by `transport`; returns the
+    /// initiator's side and the node side's Secured writer.
+    async fn secured_pair(
+        transport: &Transport,
+        events: &mut mpsc::Receiver<NetEvent>,
+    ) -> (TcpStream, snow::StatelessTransportState, JoinHandle<()>, mpsc::Sender<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = tokio::spawn(async move {
+            let mut stream = TcpStream::connect(addr).await.expect("connect");
+            let (channel, _) = noise::handshake(&mut stream, true, &noise::generate_static_key()).await.expect("noise");
+            (stream, channel)
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let task = transport.spawn_accept(ConnId::inbound(0), stream);
+        let Some(NetEvent::Secured { writer, .. }) = events.recv().await else { panic!("no Secured event") };
+        let (stream, channel) = peer.await.expect("peer");
+        (stream, channel, task, writer)
+    }
+
+    /// A connection whose events the driver has not taken stops reading at its credit limit,
+    /// leaving the shared queue to the others; taking the events lets it read on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_has_at_most_its_credit_of_events_waiting() {
+        let (events_tx, mut events) = mpsc::channel(NET_EVENTS_MAX);
+        let transport = Transport::new(events_tx, Duration::from_secs(5));
+        let (mut stream, channel, _task, _writer) = secured_pair(&transport, &mut events).await;
+        let mut nonce = 0;
+        let mut sealed = Vec::new();
+        for _ in 0..3 * CONN_EVENTS_MAX {
+            sealed.extend(noise::seal_chunks(&channel, &mut nonce, b"hello").expect("seal"));
+        }
+        stream.write_all(&sealed).await.expect("send");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut taken = Vec::new();
+        while let Ok(NetEvent::Received { credit, .. }) = events.try_recv() {
+            taken.push(credit);
+        }
+        assert_eq!(taken.len(), CONN_EVENTS_MAX, "the reader waits for credit");
+        taken.clear();
+        let mut received = CONN_EVENTS_MAX;
+        while received < 3 * CONN_EVENTS_MAX {
+            let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await.expect("reads on");
+            assert!(matches!(event, Some(NetEvent::Received { .. })), "{event:?}");
+            received += 1;
+        }
+    }
+
     /// An orderly close delivers every frame already queued to the writer, then EOF.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn closing_sends_what_was_queued_then_shuts_down() {
