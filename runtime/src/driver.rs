@@ -15,7 +15,7 @@ use mynet_storage::{Durable, EventLog, FjallLog, GroupCommitLog, Journaled};
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::durability::Held;
 use crate::transport::{self, CLOSE_DRAIN_MAX, NetEvent, Transport};
@@ -23,9 +23,9 @@ use crate::transport::{self, CLOSE_DRAIN_MAX, NetEvent, Transport};
 /// Network events handled in one turn of the loop before timers, durability and the API are
 /// looked at again: enough to amortise the turn, few enough to keep the API prompt.
 pub const NET_BATCH_MAX: usize = 32;
-/// Connections being closed gracefully that are remembered (to wait for them at shutdown)
-/// before finished ones are forgotten.
-const CLOSING_PRUNE_AT: usize = 256;
+/// Connections draining their queues after a close at once; beyond this (a burst of closes
+/// while peers read slowly) a closed connection is cut without draining.
+pub const CLOSING_MAX: usize = 4096;
 
 /// What the storage thread last reported: records before this sequence number are durable, or
 /// the log failed.
@@ -94,7 +94,8 @@ pub struct Driver {
     transport: Transport,
     conns: HashMap<ConnId, ConnHandle>,
     incoming: HashMap<ConnId, TcpStream>,
-    closing: Vec<JoinHandle<()>>,
+    /// Connections draining after a close, waited for at shutdown.
+    closing: JoinSet<()>,
     follow_up: VecDeque<Input>,
     outputs: Vec<Output>,
     facts: Facts,
@@ -129,7 +130,7 @@ impl Driver {
             transport,
             conns: HashMap::new(),
             incoming: HashMap::new(),
-            closing: Vec::new(),
+            closing: JoinSet::new(),
             follow_up: VecDeque::new(),
             outputs: Vec::new(),
             facts,
@@ -221,9 +222,9 @@ impl Driver {
         for (_, handle) in self.conns.drain() {
             handle.task.abort();
         }
-        let deadline = tokio::time::Instant::now() + CLOSE_DRAIN_MAX;
-        for task in self.closing.drain(..) {
-            let _ = tokio::time::timeout_at(deadline, task).await;
+        let drained = async { while self.closing.join_next().await.is_some() {} };
+        if tokio::time::timeout(CLOSE_DRAIN_MAX, drained).await.is_err() {
+            self.closing.abort_all();
         }
         Ok(())
     }
@@ -323,10 +324,12 @@ impl Driver {
             Output::Close { conn } => {
                 self.incoming.remove(&conn);
                 if let Some(handle) = self.conns.remove(&conn) {
-                    if self.closing.len() >= CLOSING_PRUNE_AT {
-                        self.closing.retain(|task| !task.is_finished());
+                    while self.closing.try_join_next().is_some() {}
+                    if self.closing.len() < CLOSING_MAX {
+                        self.closing.spawn(transport::close_gracefully(handle.task, handle.writer));
+                    } else {
+                        handle.task.abort();
                     }
-                    self.closing.push(transport::close_gracefully(handle.task, handle.writer));
                 }
             }
             Output::Event(event) => self.log_event(&event),

@@ -47,19 +47,17 @@ pub enum NetEvent {
 /// Ends a connection for an orderly reason: its writer sends what is queued and then shuts
 /// the socket down; after [`CLOSE_DRAIN_MAX`] the task is cut regardless. Without a writer
 /// (the Noise handshake is still running) nothing is queued and the task is cut at once.
-/// The returned task ends when the connection is gone.
-pub fn close_gracefully(mut task: JoinHandle<()>, writer: Option<mpsc::Sender<Vec<u8>>>) -> JoinHandle<()> {
+/// Completes when the connection is gone.
+pub async fn close_gracefully(mut task: JoinHandle<()>, writer: Option<mpsc::Sender<Vec<u8>>>) {
     let Some(writer) = writer else {
         task.abort();
-        return task;
+        return;
     };
     // The driver holds the only sender: dropping it ends the writer's queue after its last frame.
     drop(writer);
-    tokio::spawn(async move {
-        if tokio::time::timeout(CLOSE_DRAIN_MAX, &mut task).await.is_err() {
-            task.abort();
-        }
-    })
+    if tokio::time::timeout(CLOSE_DRAIN_MAX, &mut task).await.is_err() {
+        task.abort();
+    }
 }
 
 /// Spawns connection tasks.
@@ -259,7 +257,7 @@ mod tests {
             writer.try_send(frame.clone()).expect("queue has room");
         }
         let closed = close_gracefully(task, Some(writer));
-        tokio::time::timeout(2 * CLOSE_DRAIN_MAX, closed).await.expect("closed in time").expect("close task");
+        tokio::time::timeout(2 * CLOSE_DRAIN_MAX, closed).await.expect("closed in time");
         let received = tokio::time::timeout(CLOSE_DRAIN_MAX, peer).await.expect("peer saw EOF").expect("peer task");
         assert_eq!(received.len(), frames.len() * 10_000, "every queued byte arrived");
         assert_eq!(received, frames.concat());

@@ -9,10 +9,10 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 
 use mynet_core::{Config, Input, NodeId, Time};
-
-use crate::retention::Retention;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::retention::Retention;
 
 /// Format byte in front of every record.
 pub const LOG_FORMAT: u8 = 1;
