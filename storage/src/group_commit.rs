@@ -140,16 +140,23 @@ fn run<L: EventLog>(mut log: L, queue: &Receiver<Op>, first_seq: &AtomicU64, mut
             result = result.and_then(|()| log.sync());
         }
         let answer = result.as_ref().map(|_| ()).map_err(ToString::to_string);
+        // Reported before syncs are answered, so whoever waited on a sync sees the report.
+        let failed = match result {
+            Ok(()) if wrote => {
+                on_durable(Durable::Before(log.next_seq()));
+                false
+            }
+            Ok(()) => false,
+            Err(err) => {
+                on_durable(Durable::Failed(err));
+                true
+            }
+        };
         for reply in replies {
             let _ = reply.send(answer.clone());
         }
-        match result {
-            Ok(()) if wrote => on_durable(Durable::Before(log.next_seq())),
-            Ok(()) => {}
-            Err(err) => {
-                on_durable(Durable::Failed(err));
-                return log;
-            }
+        if failed {
+            return log;
         }
     }
     log
@@ -277,6 +284,62 @@ mod tests {
         assert_eq!(read_records(&log).count(), 500);
         let mem = log.close().expect("close");
         assert_eq!((mem.next_seq(), mem.unsynced()), (500, 0));
+    }
+
+    /// A log whose fsync fails, as a full or failing disk would make it.
+    struct FailingSync(MemLog);
+
+    impl EventLog for FailingSync {
+        fn append_bytes(&mut self, bytes: Vec<u8>) -> Result<u64, StorageError> {
+            self.0.append_bytes(bytes)
+        }
+        fn sync(&mut self) -> Result<(), StorageError> {
+            Err(stopped("fsync: input/output error".into()))
+        }
+        fn next_seq(&self) -> u64 {
+            self.0.next_seq()
+        }
+        fn first_seq(&self) -> u64 {
+            self.0.first_seq()
+        }
+        fn scan(&self, from: u64) -> RawRecords<'_> {
+            self.0.scan(from)
+        }
+        fn put_snapshot(&mut self, seq: u64, entry: &SnapshotEntry) -> Result<(), StorageError> {
+            self.0.put_snapshot(seq, entry)
+        }
+        fn snapshot_seqs(&self) -> Result<Vec<u64>, StorageError> {
+            self.0.snapshot_seqs()
+        }
+        fn snapshot(&self, seq: u64) -> Result<Option<SnapshotEntry>, StorageError> {
+            self.0.snapshot(seq)
+        }
+        fn truncate_before(&mut self, seq: u64) -> Result<(), StorageError> {
+            self.0.truncate_before(seq)
+        }
+        fn truncate_from(&mut self, seq: u64) -> Result<(), StorageError> {
+            self.0.truncate_from(seq)
+        }
+    }
+
+    #[test]
+    fn a_failed_fsync_is_reported_and_stops_the_log() {
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let seen = failures.clone();
+        let mut log = GroupCommitLog::spawn(FailingSync(MemLog::new()), move |d| match d {
+            Durable::Before(seq) => panic!("nothing is durable, yet {seq} was reported"),
+            Durable::Failed(err) => seen.lock().expect("lock").push(err.to_string()),
+        })
+        .expect("spawn");
+        log.append(&record(0)).expect("queued");
+        assert!(log.sync().is_err(), "the sync reports the failure");
+        assert_eq!(failures.lock().expect("lock").len(), 1);
+        // The thread stops right after answering; appends fail from then on.
+        let refused = (1..100).any(|i| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            log.append(&record(i)).is_err()
+        });
+        assert!(refused, "nothing more is taken after a failure");
     }
 
     #[test]
