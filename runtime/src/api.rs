@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::accept::Acceptor;
 use crate::datadir::DataDir;
 use crate::driver::ApiRequest;
 
@@ -26,8 +27,9 @@ pub const CONCURRENT_MAX: usize = 16;
 /// Serves API requests on `listener`, forwarding them to the driver through `requests`.
 pub async fn serve(listener: TcpListener, token: String, requests: mpsc::Sender<ApiRequest>) {
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_MAX));
+    let mut acceptor = Acceptor::new("local API");
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let (stream, _) = acceptor.accept(|| listener.accept()).await;
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
         let (token, requests) = (token.clone(), requests.clone());
         tokio::spawn(async move {

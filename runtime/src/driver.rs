@@ -1,5 +1,9 @@
 //! The production driver: owns the journaled node, executes its outputs with tokio, feeds it
 //! network events, timers, API requests and signals.
+//!
+//! The event log lives on a storage thread ([`GroupCommitLog`]): this thread appends and never
+//! waits for the disk. What peers can see of an input (Send, Dial, Accept, Close) waits in
+//! `held` until the storage thread reports the input durable; many inputs share one fsync.
 
 use core::net::SocketAddr;
 use std::collections::{HashMap, VecDeque};
@@ -7,16 +11,25 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow};
 use mynet_core::{ConnId, Event, Input, Mono, Output, Phase, Time};
-use mynet_storage::{EventLog, FjallLog, Journaled};
+use mynet_storage::{Durable, EventLog, FjallLog, GroupCommitLog, Journaled};
 use serde_json::json;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
-use crate::transport::{NetEvent, Transport};
+use crate::durability::Held;
+use crate::transport::{self, CLOSE_DRAIN_MAX, NetEvent, Transport};
 
-/// How often the event log is made durable while running.
-pub const LOG_SYNC_INTERVAL: Duration = Duration::from_millis(500);
+/// Network events handled in one turn of the loop before timers, durability and the API are
+/// looked at again: enough to amortise the turn, few enough to keep the API prompt.
+pub const NET_BATCH_MAX: usize = 32;
+/// Connections draining their queues after a close at once; beyond this (a burst of closes
+/// while peers read slowly) a closed connection is cut without draining.
+pub const CLOSING_MAX: usize = 4096;
+
+/// What the storage thread last reported: records before this sequence number are durable, or
+/// the log failed.
+type DurableReport = Result<u64, String>;
 
 /// The node's clock: monotonic microseconds that continue across restarts, plus wall time.
 #[derive(Clone, Copy, Debug)]
@@ -56,8 +69,10 @@ pub struct ApiRequest {
 }
 
 struct ConnHandle {
-    task: Option<JoinHandle<()>>,
+    task: JoinHandle<()>,
     writer: Option<mpsc::Sender<Vec<u8>>>,
+    /// The node closed it; the close waits for durability, and events for it are dropped.
+    closing: bool,
 }
 
 /// Facts about this process that status reports beside the node's own.
@@ -71,41 +86,61 @@ pub struct Facts {
 
 /// Runs a node until shutdown or a failed start-up phase.
 pub struct Driver {
-    journal: Journaled<FjallLog>,
+    journal: Journaled<GroupCommitLog<FjallLog>>,
+    durable: watch::Receiver<DurableReport>,
+    /// What peers can see, held until the inputs that caused it are durable.
+    held: Held,
     clock: Clock,
     transport: Transport,
     conns: HashMap<ConnId, ConnHandle>,
     incoming: HashMap<ConnId, TcpStream>,
+    /// Connections draining after a close, waited for at shutdown.
+    closing: JoinSet<()>,
     follow_up: VecDeque<Input>,
     outputs: Vec<Output>,
     facts: Facts,
     failure: Option<(Phase, String)>,
-    sync_task: Option<JoinHandle<Result<(), mynet_storage::StorageError>>>,
 }
 
 impl Driver {
-    /// A driver for a node that has been created or recovered; `initial` are its first outputs.
+    /// A driver for a node that has been created or recovered; `initial` are its first
+    /// outputs. Moves the event log to its storage thread.
     pub fn new(
         journal: Journaled<FjallLog>,
         clock: Clock,
         transport: Transport,
         facts: Facts,
         initial: Vec<Output>,
-    ) -> Driver {
+    ) -> Result<Driver> {
+        let (report, durable) = watch::channel::<DurableReport>(Ok(0));
+        let on_durable = move |d: Durable| {
+            let _previous = report.send_replace(match d {
+                Durable::Before(seq) => Ok(seq),
+                Durable::Failed(err) => Err(err.to_string()),
+            });
+        };
+        let mut journal = journal.try_map_log(|log| GroupCommitLog::spawn(log, on_durable))?;
+        // Recovery appended the restart (or genesis) without syncing; one fsync before serving.
+        journal.log_mut().sync()?;
         let mut driver = Driver {
             journal,
+            durable,
+            held: Held::default(),
             clock,
             transport,
             conns: HashMap::new(),
             incoming: HashMap::new(),
+            closing: JoinSet::new(),
             follow_up: VecDeque::new(),
             outputs: Vec::new(),
             facts,
             failure: None,
-            sync_task: None,
         };
-        driver.execute(initial);
-        driver
+        let needs = driver.journal.log().next_seq();
+        for output in initial {
+            driver.stage(needs, output);
+        }
+        Ok(driver)
     }
 
     /// The main loop. Returns when `shutdown` fires (Ok) or start-up fails (Err).
@@ -116,10 +151,16 @@ impl Driver {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), (Phase, anyhow::Error)> {
         let phase = self.journal.node().phase();
-        self.main_loop(&mut net, &mut api, shutdown).await.map_err(|e| match self.failure.take() {
+        let result = self.main_loop(&mut net, &mut api, shutdown).await.map_err(|e| match self.failure.take() {
             Some((failed, reason)) => (failed, anyhow!(reason)),
             None => (phase.max(self.journal.node().phase()), e),
-        })
+        });
+        // The storage thread owns the log: wait until it has applied what is queued and closed
+        // the log, so the process never exits in the middle of a write.
+        if let Err(err) = self.journal.into_log().close() {
+            tracing::warn!("closing the event log: {err}");
+        }
+        result
     }
 
     async fn main_loop(
@@ -129,58 +170,62 @@ impl Driver {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         tokio::pin!(shutdown);
-        let mut sync = tokio::time::interval(LOG_SYNC_INTERVAL);
         loop {
             if let Some((_, reason)) = &self.failure {
                 let reason = reason.clone();
-                self.finish()?;
+                self.finish().await?;
                 return Err(anyhow!(reason));
             }
             let deadline = self.journal.node().poll_timeout().map(|(at, _)| self.clock.instant_of(at));
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            let may_take_net = !self.held.is_full();
+            // Everything but network events comes first, and network events come in bounded
+            // batches, so a flood cannot starve durability (which releases outputs), deadlines
+            // (handshake and request timeouts) or the local API.
             tokio::select! {
                 biased;
                 _ = &mut shutdown => {
                     tracing::info!("shutting down");
                     self.feed(Input::Shutdown)?;
-                    return self.finish();
+                    return self.finish().await;
                 }
-                // Timers and log syncs come before network events, so a busy network cannot
-                // starve deadlines (handshake and request timeouts) or durability.
+                changed = self.durable.changed() => {
+                    changed.map_err(|_| anyhow!("event log: the storage thread stopped"))?;
+                    self.release()?;
+                }
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
                     if deadline.is_some() {
                         self.feed(Input::Tick)?;
                     }
                 }
-                _ = sync.tick() => self.sync_in_background().await?,
-                Some(event) = net.recv() => self.on_net(event)?,
                 Some(request) = api.recv() => self.on_api(request),
+                Some(event) = net.recv(), if may_take_net => {
+                    self.on_net(event)?;
+                    for _ in 1..NET_BATCH_MAX {
+                        let Ok(event) = net.try_recv() else { break };
+                        self.on_net(event)?;
+                    }
+                }
             }
         }
     }
 
-    /// Starts an fsync of the event log on the blocking pool unless one is still running, and
-    /// stops the node if the previous one failed (a failed fsync may have lost data).
-    /// Shutdown and snapshots sync on this thread, so nothing is left unsynced at exit.
-    async fn sync_in_background(&mut self) -> Result<()> {
-        if self.sync_task.as_ref().is_some_and(|t| !t.is_finished()) {
-            return Ok(());
-        }
-        if let Some(task) = self.sync_task.take() {
-            task.await??;
-        }
-        self.sync_task = Some(tokio::task::spawn_blocking(self.journal.log().syncer()));
-        Ok(())
-    }
-
-    fn finish(&mut self) -> Result<()> {
-        for (_, handle) in self.conns.drain() {
-            if let Some(task) = handle.task {
-                task.abort();
-            }
-        }
-        // A snapshot at shutdown makes the next start-up replay nothing.
+    /// Ends the run: a snapshot (so the next start-up replays nothing), everything durable,
+    /// then the outputs that waited for it (the closes of the shutdown drain their queues).
+    async fn finish(&mut self) -> Result<()> {
         self.journal.snapshot(self.clock.now())?;
+        // Blocks this thread for one fsync; connections keep running on the workers.
+        self.journal.log_mut().sync()?;
+        let durable = self.journal.log().next_seq();
+        self.release_up_to(durable);
+        self.follow_up.clear();
+        for (_, handle) in self.conns.drain() {
+            handle.task.abort();
+        }
+        let drained = async { while self.closing.join_next().await.is_some() {} };
+        if tokio::time::timeout(CLOSE_DRAIN_MAX, drained).await.is_err() {
+            self.closing.abort_all();
+        }
         Ok(())
     }
 
@@ -193,16 +238,21 @@ impl Driver {
             NetEvent::Secured { conn, binding, writer } => {
                 let Some(handle) = self.conns.get_mut(&conn) else { return Ok(()) };
                 handle.writer = Some(writer);
+                if handle.closing {
+                    return Ok(());
+                }
                 self.feed(Input::Secured { conn, binding })
             }
-            NetEvent::Received { conn, bytes } => {
-                if self.conns.contains_key(&conn) {
+            NetEvent::Received { conn, bytes, credit } => {
+                // Taking the event returns the connection's credit.
+                drop(credit);
+                if self.conns.get(&conn).is_some_and(|h| !h.closing) {
                     self.feed(Input::Received { conn, bytes })?;
                 }
                 Ok(())
             }
             NetEvent::Closed { conn, reason } => {
-                if self.conns.remove(&conn).is_some() {
+                if self.conns.remove(&conn).is_some_and(|h| !h.closing) {
                     self.feed(Input::Closed { conn, reason })?;
                 }
                 Ok(())
@@ -210,55 +260,94 @@ impl Driver {
         }
     }
 
-    /// Journals and handles `input`, executes the outputs, and any inputs they cause.
+    /// Journals and handles `input` and any inputs it causes; stages their outputs.
     fn feed(&mut self, input: Input) -> Result<()> {
         self.follow_up.push_back(input);
         while let Some(input) = self.follow_up.pop_front() {
             let mut outputs = std::mem::take(&mut self.outputs);
             self.journal.handle(self.clock.now(), input, &mut outputs)?;
-            self.execute_drain(&mut outputs);
+            // The input and any checkpoint after it: all must be durable before the outputs go.
+            let needs = self.journal.log().next_seq();
+            for output in outputs.drain(..) {
+                self.stage(needs, output);
+            }
             self.outputs = outputs;
         }
         Ok(())
     }
 
-    fn execute(&mut self, mut outputs: Vec<Output>) {
-        self.execute_drain(&mut outputs);
+    /// Events are for us and are handled now; what peers can see waits for durability.
+    fn stage(&mut self, needs: u64, output: Output) {
+        match output {
+            Output::Event(event) => self.log_event(&event),
+            Output::Close { conn } => {
+                // The node has forgotten the connection: what it sends from now on is dropped.
+                if let Some(handle) = self.conns.get_mut(&conn) {
+                    handle.closing = true;
+                }
+                self.held.hold(needs, Output::Close { conn });
+            }
+            visible => self.held.hold(needs, visible),
+        }
     }
 
-    fn execute_drain(&mut self, outputs: &mut Vec<Output>) {
-        for output in outputs.drain(..) {
-            match output {
-                Output::Dial { conn, addr } => {
-                    let task = self.transport.spawn_dial(conn, addr);
-                    self.conns.insert(conn, ConnHandle { task: Some(task), writer: None });
-                }
-                Output::Accept { conn } => {
-                    if let Some(stream) = self.incoming.remove(&conn) {
-                        let task = self.transport.spawn_accept(conn, stream);
-                        self.conns.insert(conn, ConnHandle { task: Some(task), writer: None });
-                    }
-                }
-                Output::Send { conn, bytes } => self.send(conn, bytes),
-                Output::Close { conn } => {
-                    self.incoming.remove(&conn);
-                    if let Some(ConnHandle { task: Some(task), .. }) = self.conns.remove(&conn) {
-                        task.abort();
-                    }
-                }
-                Output::Event(event) => self.log_event(&event),
+    /// Releases the outputs whose inputs are now durable; stops the node if the log failed.
+    fn release(&mut self) -> Result<()> {
+        let durable = self.durable.borrow_and_update().clone().map_err(|e| anyhow!("event log failed: {e}"))?;
+        self.release_up_to(durable);
+        // A send that found a stuck connection reports it to the node.
+        if let Some(input) = self.follow_up.pop_front() {
+            self.feed(input)?;
+        }
+        Ok(())
+    }
+
+    fn release_up_to(&mut self, durable: u64) {
+        while let Some(output) = self.held.next_released(durable) {
+            self.execute(output);
+        }
+    }
+
+    fn execute(&mut self, output: Output) {
+        match output {
+            Output::Dial { conn, addr } => {
+                let task = self.transport.spawn_dial(conn, addr);
+                self.conns.insert(conn, ConnHandle { task, writer: None, closing: false });
             }
+            Output::Accept { conn } => {
+                if let Some(stream) = self.incoming.remove(&conn) {
+                    let task = self.transport.spawn_accept(conn, stream);
+                    self.conns.insert(conn, ConnHandle { task, writer: None, closing: false });
+                }
+            }
+            Output::Send { conn, bytes } => self.send(conn, bytes),
+            Output::Close { conn } => {
+                self.incoming.remove(&conn);
+                if let Some(handle) = self.conns.remove(&conn) {
+                    while self.closing.try_join_next().is_some() {}
+                    if self.closing.len() < CLOSING_MAX {
+                        self.closing.spawn(transport::close_gracefully(handle.task, handle.writer));
+                    } else {
+                        handle.task.abort();
+                    }
+                }
+            }
+            Output::Event(event) => self.log_event(&event),
         }
     }
 
     fn send(&mut self, conn: ConnId, bytes: Vec<u8>) {
-        let Some(writer) = self.conns.get(&conn).and_then(|h| h.writer.as_ref()) else { return };
+        let Some(handle) = self.conns.get(&conn) else { return };
+        let Some(writer) = handle.writer.as_ref() else { return };
         if let Err(mpsc::error::TrySendError::Full(_)) = writer.try_send(bytes) {
             // The peer does not read fast enough; the node must learn the connection is gone.
-            if let Some(ConnHandle { task: Some(task), .. }) = self.conns.remove(&conn) {
-                task.abort();
+            let closing = handle.closing;
+            if let Some(handle) = self.conns.remove(&conn) {
+                handle.task.abort();
             }
-            self.follow_up.push_back(Input::Closed { conn, reason: "send queue full: peer too slow".into() });
+            if !closing {
+                self.follow_up.push_back(Input::Closed { conn, reason: "send queue full: peer too slow".into() });
+            }
         }
     }
 
@@ -319,6 +408,8 @@ impl Driver {
             "connections_handshaking": status.connections_handshaking,
             "counters": status.counters,
             "event_log_next_seq": self.journal.log().next_seq(),
+            "event_log_durable_seq": self.durable.borrow().clone().unwrap_or_default(),
+            "outputs_awaiting_durability": self.held.len(),
         })
     }
 }

@@ -1,8 +1,10 @@
 //! `mynet`: run a node, inspect it, simulate a network, replay a node's event log.
 
+mod accept;
 mod api;
 mod datadir;
 mod driver;
+mod durability;
 mod noise;
 mod replay;
 mod startup;
@@ -146,7 +148,9 @@ fn init(dir: &DataDir) -> Result<()> {
 }
 
 fn run(dir: DataDir) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    // The driver runs on this thread (block_on); connection tasks run on the worker threads,
+    // so Noise encryption and decryption proceed in parallel with the node.
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -99,7 +99,7 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
     }
     let facts =
         Facts { listen_addr, api_addr, data_dir: dir.root().display().to_string(), startup_time_ms: driver::wall_ms() };
-    let node = Driver::new(journal, clock, transport, facts, outputs);
+    let node = phase(Phase::Bootstrap, Driver::new(journal, clock, transport, facts, outputs))?;
     let result = node.run(net_rx, api_rx, shutdown_signal()).await;
     let _ = std::fs::remove_file(dir.api_addr_path());
     result.map_err(|(phase, cause)| StartupError { phase, cause })

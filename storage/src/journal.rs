@@ -8,6 +8,7 @@ use thiserror::Error;
 use crate::log::{
     EventLog, LogError, LogRecord, SnapshotEntry, StorageError, encode_input_record, encode_record, read_records_from,
 };
+use crate::retention::Retention;
 
 /// Log bytes after which a snapshot is taken regardless of input count: at least this...
 const SNAPSHOT_BYTES_MIN: u64 = 64 * 1024;
@@ -386,46 +387,25 @@ impl<L: EventLog> Journaled<L> {
         self.append(&record).map(|_| ())
     }
 
-    /// Checkpoints, stores a snapshot after the checkpoint, syncs, and cuts log segments the
-    /// retention limits no longer keep.
+    /// Checkpoints, then has the log store a snapshot after the checkpoint, make it durable,
+    /// and cut the log segments the retention limits no longer keep (a log that writes on
+    /// another thread does that work there, in order with its appends).
     pub fn snapshot(&mut self, now: Time) -> Result<(), StorageError> {
         self.checkpoint()?;
         let seq = self.log.next_seq();
         let entry = SnapshotEntry { taken_at: now, log_bytes: self.log_bytes, node: self.node.snapshot() };
-        self.log.put_snapshot(seq, &entry)?;
-        self.log.sync()?;
+        let config = self.node.config();
+        let retention = Retention {
+            now,
+            log_bytes: self.log_bytes,
+            max_bytes: config.log_retain_bytes,
+            max_age_ms: config.log_retain_ms,
+        };
+        self.log.commit_snapshot(seq, entry, retention)?;
         self.since_snapshot = 0;
         self.last_snapshot = now.mono;
         self.snapshot_log_bytes = self.log_bytes;
-        self.apply_retention(now)
-    }
-
-    /// Cuts the oldest log segments (each ends at a snapshot) while the retained log is larger
-    /// than `log_retain_bytes` or the segment ended longer than `log_retain_ms` ago. The newest
-    /// snapshot and everything after it always stay.
-    fn apply_retention(&mut self, now: Time) -> Result<(), StorageError> {
-        let (max_bytes, max_age_ms) = (self.node.config().log_retain_bytes, self.node.config().log_retain_ms);
-        for seq in self.log.snapshot_seqs()? {
-            if seq <= self.log.first_seq() {
-                continue;
-            }
-            let Some(entry) = self.log.snapshot(seq)? else { continue };
-            let retained_bytes = self.log_bytes.saturating_sub(self.bytes_at_start()?);
-            let segment_expired = now.wall_ms.saturating_sub(entry.taken_at.wall_ms) > max_age_ms;
-            if retained_bytes <= max_bytes && !segment_expired {
-                break;
-            }
-            self.log.truncate_before(seq)?;
-        }
         Ok(())
-    }
-
-    /// Log bytes appended before the first retained record.
-    fn bytes_at_start(&self) -> Result<u64, StorageError> {
-        match self.log.first_seq() {
-            0 => Ok(0),
-            first => Ok(self.log.snapshot(first)?.map_or(0, |e| e.log_bytes)),
-        }
     }
 
     /// The node, for getters.
@@ -446,6 +426,23 @@ impl<L: EventLog> Journaled<L> {
     /// Gives the log back (e.g. to simulate a crash and reopen it).
     pub fn into_log(self) -> L {
         self.log
+    }
+
+    /// The same node over another log that holds the same records: production recovers
+    /// through the log directly, then hands it to a storage thread.
+    pub fn try_map_log<M: EventLog, E>(self, f: impl FnOnce(L) -> Result<M, E>) -> Result<Journaled<M>, E> {
+        let next_seq = self.log.next_seq();
+        let log = f(self.log)?;
+        assert_eq!(log.next_seq(), next_seq, "the new log must hold the same records");
+        Ok(Journaled {
+            node: self.node,
+            log,
+            since_checkpoint: self.since_checkpoint,
+            since_snapshot: self.since_snapshot,
+            last_snapshot: self.last_snapshot,
+            snapshot_log_bytes: self.snapshot_log_bytes,
+            log_bytes: self.log_bytes,
+        })
     }
 }
 

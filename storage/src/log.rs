@@ -12,6 +12,8 @@ use mynet_core::{Config, Input, NodeId, Time};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::retention::Retention;
+
 /// Format byte in front of every record.
 pub const LOG_FORMAT: u8 = 1;
 /// Largest record we write or read back (a received frame plus overhead).
@@ -138,6 +140,17 @@ pub trait EventLog {
     /// Appends one record.
     fn append(&mut self, record: &LogRecord) -> Result<u64, StorageError> {
         self.append_bytes(encode_record(record))
+    }
+
+    /// Stores `entry` as the snapshot at `seq` (the next record), makes it and every record
+    /// durable, then cuts what `retention` no longer keeps. The snapshot is synced before any
+    /// cut, so a crash in between leaves a log that still starts at a snapshot or at genesis.
+    /// A log that writes on another thread may return before the work is done; it does the
+    /// work in order with its appends.
+    fn commit_snapshot(&mut self, seq: u64, entry: SnapshotEntry, retention: Retention) -> Result<(), StorageError> {
+        self.put_snapshot(seq, &entry)?;
+        self.sync()?;
+        retention.apply(self)
     }
 }
 
@@ -359,15 +372,6 @@ impl FjallLog {
             self.append_bytes(bytes.into_owned())?;
         }
         self.sync()
-    }
-
-    /// A function that makes everything written so far durable, for another thread: fsync
-    /// can take milliseconds and should not stall the thread that drives the node.
-    pub fn syncer(&self) -> impl FnOnce() -> Result<(), StorageError> + Send + 'static {
-        let (db, path) = (self.db.clone(), self.path.clone());
-        move || {
-            db.persist(fjall::PersistMode::SyncAll).map_err(|e| StorageError::Backend { path, message: e.to_string() })
-        }
     }
 
     /// Approximate bytes on disk.
