@@ -366,7 +366,11 @@ impl Driver {
                 self.failure = Some((*phase, reason.to_string()));
             }
             Event::Initialized { .. } => tracing::info!("{event}"),
-            Event::BootstrapFailed { .. } | Event::Penalised { .. } => tracing::warn!("{event}"),
+            Event::BootstrapFailed { .. } | Event::Penalised { .. } | Event::RequestTimedOut { .. } => {
+                tracing::warn!("{event}")
+            }
+            // The core bounds what it sends; a refusal is a bug worth an error line.
+            Event::SendRefused { .. } => tracing::error!("{event}"),
             Event::ConnectionClosed { by_us: true, .. } => tracing::info!("{event}"),
             _ => tracing::info!("{event}"),
         }
@@ -407,6 +411,7 @@ impl Driver {
             "known_peers": status.known_peers,
             "connections_handshaking": status.connections_handshaking,
             "counters": status.counters,
+            "requests": status.requests,
             "event_log_next_seq": self.journal.log().next_seq(),
             "event_log_durable_seq": self.durable.borrow().clone().unwrap_or_default(),
             "outputs_awaiting_durability": self.held.len(),

@@ -20,8 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{RunningNode, configure};
+use mynet_core::RequestId;
+use mynet_core::discovery;
 use mynet_core::handshake::{Binding, Role, build_hello};
-use mynet_core::wire::{self, FrameBuffer, Message, PEERS_PER_ANSWER_MAX};
+use mynet_core::wire::{self, FrameBuffer, Message, PEERS_PER_ANSWER_MAX, Request};
 use mynet_core::{Identity, NodeId, PROTOCOL_VERSION};
 use serde_json::json;
 use snow::StatelessTransportState;
@@ -203,13 +205,13 @@ async fn connect(node: SocketAddr, ip: Ipv4Addr, identity: &Identity, static_key
     let mut channel = Channel { stream, transport, nonce_out: 0, nonce_in: 0, frames: FrameBuffer::default() };
     let wall_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let hello = build_hello(identity, Role::Initiator, Binding(binding), NETWORK_ID, PROTOCOL_VERSION, wall_ms, None);
-    channel.send(&[wire::encode_frame(&Message::Hello(hello))]).await?;
+    channel.send(&[wire::encode_frame(&Message::Hello(hello)).map_err(|e| e.to_string())?]).await?;
     channel.read_until(1, |m| matches!(m, Message::HelloAck(_))).await?;
     Ok(channel)
 }
 
 fn is_answer(message: &Message) -> bool {
-    matches!(message, Message::NetworkInfo(_) | Message::Peers(_))
+    matches!(message, Message::Response { .. })
 }
 
 /// Connect, handshake, every question a connection may ask, the answers, hang up.
@@ -273,10 +275,11 @@ fn answers_queued_before_the_node_closes_a_connection_still_arrive() {
 /// The post-handshake frames this test sends (the only place that builds them): question
 /// `i` of a connection, alternating between the two questions a peer may ask.
 fn question_frame(i: usize, me: NodeId) -> Vec<u8> {
-    let message = if i.is_multiple_of(2) {
-        Message::GetNetworkInfo
+    let body = if i.is_multiple_of(2) {
+        discovery::Request::GetNetworkInfo
     } else {
-        Message::DiscoverPeers { node_id: me, max_peers: PEERS_PER_ANSWER_MAX as u16, exclude: Vec::new() }
+        discovery::Request::DiscoverPeers { node_id: me, max_peers: PEERS_PER_ANSWER_MAX as u16, exclude: Vec::new() }
     };
-    wire::encode_frame(&message)
+    let message = Message::Request { id: RequestId(i as u32), body: Request::Discovery(body) };
+    wire::encode_frame(&message).expect("a question fits a frame")
 }
