@@ -735,7 +735,6 @@ impl Node {
     /// Forgets a connection and tells every module, in a fixed order.
     fn remove_conn(&mut self, conn_id: ConnId, reason: CloseReason, by_us: bool) {
         let Some(conn) = self.state.conns.remove(conn_id) else { return };
-        // Requests still pending on it die with it; modules hear of the close itself.
         self.state.requests.close(conn_id);
         let closed = Closed {
             conn: conn_id,

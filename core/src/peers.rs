@@ -159,11 +159,6 @@ impl KnownPeers {
         self.peers.get(id)
     }
 
-    /// How many known peers are verified.
-    pub fn verified_len(&self) -> usize {
-        self.verified.len()
-    }
-
     /// Records a peer heard of through discovery; returns whether it was new.
     pub fn learn(&mut self, record: &PeerRecord, now: Mono) -> bool {
         if self.peers.contains_key(&record.node_id) {

@@ -133,13 +133,12 @@ impl Requests {
         self.peers.insert(conn, PeerRequests { next_id: 0, pending: Vec::new(), windows });
     }
 
-    /// Forgets a connection; returns the requests that were still pending on it.
-    pub fn close(&mut self, conn: ConnId) -> Vec<Pending> {
-        let Some(peer) = self.peers.remove(&conn) else { return Vec::new() };
+    /// Forgets a connection and the requests pending on it (modules hear of the close itself).
+    pub fn close(&mut self, conn: ConnId) {
+        let Some(peer) = self.peers.remove(&conn) else { return };
         for p in &peer.pending {
             self.deadlines.remove(&(p.deadline, conn, p.id));
         }
-        peer.pending.into_iter().filter(|p| !p.timed_out).collect()
     }
 
     /// Registers a request to send on `conn`; returns its id.
@@ -253,11 +252,6 @@ impl Requests {
         out
     }
 
-    /// Requests pending on `conn` (timed-out ones in their grace included).
-    pub fn pending_on(&self, conn: ConnId) -> usize {
-        self.peers.get(&conn).map_or(0, |p| p.pending.len())
-    }
-
     /// Requests on `conn` still within their deadline.
     pub fn live_on(&self, conn: ConnId) -> usize {
         self.peers.get(&conn).map_or(0, |p| p.pending.iter().filter(|r| !r.timed_out).count())
@@ -366,7 +360,9 @@ mod tests {
         }
         assert!(!r.admit(Mono(0), conn, Protocol::Discovery));
         assert!(r.admit(Mono(0).plus_ms(limit.window_ms), conn, Protocol::Discovery), "a new window");
-        assert_eq!(r.close(conn).len(), discovery::IN_FLIGHT_MAX);
+        assert_eq!(r.live_on(conn), discovery::IN_FLIGHT_MAX);
+        r.close(conn);
+        assert_eq!(r.live_on(conn), 0);
         r.check().expect("consistent");
     }
 }
