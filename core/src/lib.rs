@@ -8,6 +8,7 @@
 pub mod bootstrap;
 pub mod config;
 pub mod conns;
+pub mod content;
 pub mod context;
 pub mod discovery;
 pub mod event;
