@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow};
-use mynet_core::{ConnId, Event, Input, Mono, Output, Phase, Time};
+use mynet_core::{ConnId, Event, Input, Mono, Output, Phase, StartupFailure, Time};
 use mynet_storage::{Durable, EventLog, FjallLog, GroupCommitLog, Journaled};
 use serde_json::json;
 use tokio::net::TcpStream;
@@ -99,7 +99,7 @@ pub struct Driver {
     follow_up: VecDeque<Input>,
     outputs: Vec<Output>,
     facts: Facts,
-    failure: Option<(Phase, String)>,
+    failure: Option<(Phase, StartupFailure)>,
 }
 
 impl Driver {
@@ -152,7 +152,7 @@ impl Driver {
     ) -> Result<(), (Phase, anyhow::Error)> {
         let phase = self.journal.node().phase();
         let result = self.main_loop(&mut net, &mut api, shutdown).await.map_err(|e| match self.failure.take() {
-            Some((failed, reason)) => (failed, anyhow!(reason)),
+            Some((failed, reason)) => (failed, anyhow!("{reason}")),
             None => (phase.max(self.journal.node().phase()), e),
         });
         // The storage thread owns the log: wait until it has applied what is queued and closed
@@ -171,10 +171,9 @@ impl Driver {
     ) -> Result<()> {
         tokio::pin!(shutdown);
         loop {
-            if let Some((_, reason)) = &self.failure {
-                let reason = reason.clone();
+            if let Some((_, reason)) = self.failure {
                 self.finish().await?;
-                return Err(anyhow!(reason));
+                return Err(anyhow!("{reason}"));
             }
             let deadline = self.journal.node().poll_timeout().map(|(at, _)| self.clock.instant_of(at));
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
@@ -363,7 +362,7 @@ impl Driver {
             }
             Event::StartupFailed { phase, reason } => {
                 tracing::error!("{event}");
-                self.failure = Some((*phase, reason.to_string()));
+                self.failure = Some((*phase, *reason));
             }
             Event::Initialized { .. } => tracing::info!("{event}"),
             Event::BootstrapFailed { .. } | Event::Penalised { .. } | Event::RequestTimedOut { .. } => {
