@@ -159,6 +159,8 @@ pub struct Summary {
     pub time_to_target_peers: Percentiles,
     pub faults: FaultProfile,
     pub faults_injected: FaultCounts,
+    /// The request layer, summed over the honest nodes running at the end.
+    pub requests: mynet_core::request::RequestCounters,
 }
 
 #[derive(Clone, Debug)]

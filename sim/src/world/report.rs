@@ -95,10 +95,17 @@ impl World {
         let degrees: Vec<usize> = graph.iter().map(Vec::len).collect();
         let phases: Vec<Phase> = (0..self.honest).filter_map(|n| self.node(n).map(|node| node.phase())).collect();
         let mut trace = self.trace.clone();
+        let mut requests = mynet_core::request::RequestCounters::default();
         for n in 0..self.honest {
             if let Some(node) = self.node(n) {
                 trace.update(&node.output_hash());
                 trace.update(&node.state_hash());
+                let c = node.status(node.now()).requests;
+                requests.sent += c.sent;
+                requests.answered += c.answered;
+                requests.timed_out += c.timed_out;
+                requests.late += c.late;
+                requests.served += c.served;
             }
         }
         Summary {
@@ -125,6 +132,7 @@ impl World {
             time_to_target_peers: self.to_target.percentiles(),
             faults: self.config.faults.clone(),
             faults_injected: self.counts.clone(),
+            requests,
         }
     }
 }
