@@ -126,6 +126,13 @@ impl Conns {
         self.table.iter().filter_map(|(id, c)| c.established().map(|e| (*id, c, e)))
     }
 
+    /// Established peers' ids, in id order.
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self.established().map(|(_, _, e)| e.node_id).collect();
+        ids.sort();
+        ids
+    }
+
     /// Whether some connection is to (or dialled for) `peer`.
     pub fn has_conn_to(&self, peer: &NodeId) -> bool {
         self.table.values().any(|c| c.peer_hint() == Some(*peer))

@@ -231,13 +231,6 @@ impl Cx<'_> {
         self.out.deferred.push_back(Deferred::Startup(step));
     }
 
-    /// Established peers' ids, in id order.
-    pub fn peer_ids(&self) -> Vec<NodeId> {
-        let mut ids: Vec<NodeId> = self.conns.established().map(|(_, _, e)| e.node_id).collect();
-        ids.sort();
-        ids
-    }
-
     /// The address we tell peers to dial, if we listen on a fixed port.
     pub fn advertised_addr(&self) -> Option<SocketAddr> {
         let addr = self.config.listen_addr;

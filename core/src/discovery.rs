@@ -331,7 +331,7 @@ impl Discovery {
 
     fn discover_request(&self, cx: &Cx<'_>) -> Request {
         // Our peers, at most `EXCLUDE_MAX` of them (a longer list would be refused).
-        let mut exclude = cx.peer_ids();
+        let mut exclude = cx.conns.peer_ids();
         exclude.truncate(EXCLUDE_MAX);
         Request::DiscoverPeers { node_id: cx.node_id, max_peers: PEERS_PER_ANSWER_MAX as u16, exclude }
     }

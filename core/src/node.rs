@@ -293,9 +293,7 @@ impl Node {
 
     /// Established peers' ids, in id order.
     pub fn peer_ids(&self) -> Vec<NodeId> {
-        let mut ids: Vec<NodeId> = self.state.conns.established().map(|(_, _, e)| e.node_id).collect();
-        ids.sort();
-        ids
+        self.state.conns.peer_ids()
     }
 
     /// How many peers the node knows of (its discovery table).
