@@ -4,14 +4,17 @@
 //!   fjall implementation for production and an in-memory one for the simulator.
 //! - [`group_commit`]: the log moved to a storage thread that fsyncs many appends at once.
 //! - [`retention`]: which old log segments a snapshot lets the log cut.
+//! - [`content`]: the content store: item metadata, held pieces (fjall) and data files.
 //! - [`keyfile`]: the node's ed25519 key file and other owner-only files in the data dir.
 
+pub mod content;
 pub mod group_commit;
 pub mod journal;
 pub mod keyfile;
 pub mod log;
 pub mod retention;
 
+pub use content::{ContentStore, Head, Imported, Importer, ItemInfo, ReadError, StoreError, VerifyReport};
 pub use group_commit::{Durable, GroupCommitLog};
 pub use journal::{Divergence, Journaled, Recovery, ReplayError, ReplayReport, Start, replay, verify_against_log};
 pub use keyfile::{KeyError, load_or_create_key, write_private};
