@@ -77,6 +77,16 @@ impl ConfigError {
 /// Where each merged field came from, keyed by field name.
 pub type Sources = BTreeMap<&'static str, Source>;
 
+/// Which items a node replicates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replicate {
+    /// Every item its peers hold, within `storage_max_bytes`.
+    All,
+    /// Only what is added here or asked for with `mynet get`.
+    None,
+}
+
 macro_rules! config_schema {
     (
         network { $( $(#[doc = $ndoc:literal])* $nf:ident : $nt:ty = $nv:expr, )* }
@@ -167,6 +177,15 @@ config_schema! {
         log_retain_bytes: u64 = 256 * 1024 * 1024,
         /// Age past which log segments behind a later snapshot are cut.
         log_retain_ms: u64 = 7 * 24 * 3_600_000,
+        /// What the node replicates: `all` items peers hold, or `none` (serve only what was
+        /// added here and what the operator fetched).
+        replicate: Replicate = Replicate::All,
+        /// Most bytes of content the node stores; replication never goes past it.
+        storage_max_bytes: u64 = 100 * 1024 * 1024 * 1024,
+        /// Items fetched at once (SPEC R7: sync workers).
+        sync_workers: u32 = 3,
+        /// Longest the start-up initial sync (phase 7) waits for its first queue to drain.
+        initial_sync_max_ms: u64 = 60_000,
     }
 }
 
@@ -280,7 +299,10 @@ impl Config {
     }
 
     fn validate_limits(&self, src: &dyn Fn(&'static str) -> Source) -> Result<(), ConfigError> {
-        let ranges: [(&'static str, u64, u64, u64); 16] = [
+        let ranges: [(&'static str, u64, u64, u64); 19] = [
+            ("sync_workers", u64::from(self.sync_workers), 1, 64),
+            ("initial_sync_max_ms", self.initial_sync_max_ms, 0, 86_400_000),
+            ("storage_max_bytes", self.storage_max_bytes, 0, u64::MAX),
             ("max_outbound", u64::from(self.max_outbound), 1, 10_000),
             ("max_inbound", u64::from(self.max_inbound), 1, 10_000),
             ("max_per_ip", u64::from(self.max_per_ip), 1, 10_000),

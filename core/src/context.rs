@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::conns::{Conn, ConnState, Conns};
+use crate::content::{ContentId, PieceData, PieceRef, Serve};
 use crate::event::{CloseReason, Direction, Event, Phase, StartupFailure};
 use crate::id::{ConnId, NodeId};
 use crate::penalties::{Offender, Penalties};
@@ -40,6 +41,17 @@ pub enum Output {
     Close { conn: ConnId },
     /// Something worth a log line or a test assertion.
     Event(Event),
+    /// Store a verified piece durably, then report `Input::Stored` (or `Input::StoreFailed`).
+    StorePiece { piece: PieceRef, data: PieceData },
+    /// Keep an item's verified head (size and piece chaining values or page list).
+    StoreHead { id: ContentId, size: u64, cvs: Vec<[u8; 32]> },
+    /// Keep a verified page of piece chaining values.
+    StorePage { id: ContentId, page: u64, cvs: Vec<[u8; 32]> },
+    /// Answer the peer's request from the store (re-verifying pieces as they are read; a
+    /// damaged one is answered `NotHeld` and reported as `Input::Damaged`).
+    Serve { conn: ConnId, request: RequestId, what: Serve },
+    /// Delete the item's data and metadata from the store.
+    DeleteItem { id: ContentId },
 }
 
 /// Counters that only grow.
@@ -64,6 +76,8 @@ pub enum Startup {
     BootstrapDone,
     /// The initial discovery round has its answers (or gave up waiting).
     DiscoveryDone,
+    /// The initial sync drained its first queue (or its time ran out).
+    InitialSyncDone,
     /// Start-up cannot go on.
     Failed(Phase, StartupFailure),
 }
@@ -224,6 +238,11 @@ impl Cx<'_> {
     /// Adds misbehaviour points once the current module returns.
     pub fn penalise(&mut self, offender: Offender, points: u32) {
         self.out.deferred.push_back(Deferred::Penalise(offender, points));
+    }
+
+    /// Queues an output for the driver.
+    pub fn output(&mut self, output: Output) {
+        self.out.push(output);
     }
 
     /// Reports a start-up milestone.

@@ -198,7 +198,9 @@ impl Discovery {
         self.awaiting = cx
             .conns
             .established()
-            .filter(|(id, c, _)| c.direction == Direction::Outbound && cx.requests.live_on(*id) > 0)
+            .filter(|(id, c, _)| {
+                c.direction == Direction::Outbound && cx.requests.live_on(*id, wire::Protocol::Discovery) > 0
+            })
             .map(|(id, _, _)| id)
             .collect();
         if self.awaiting.is_empty() {
@@ -314,7 +316,7 @@ impl Discovery {
     /// During start-up, an awaited connection answered, failed or closed: it is settled once
     /// nothing it owes us is still within its deadline.
     fn settled(&mut self, cx: &mut Cx<'_>, conn: ConnId) {
-        if cx.requests.live_on(conn) > 0 {
+        if cx.requests.live_on(conn, wire::Protocol::Discovery) > 0 {
             return;
         }
         if self.awaiting.remove(&conn) && self.awaiting.is_empty() {

@@ -8,6 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::content::{ContentId, TransferFailure};
 use crate::handshake::HandshakeError;
 use crate::id::{ConnId, NodeId};
 use crate::penalties::Offender;
@@ -106,6 +107,10 @@ pub enum Violation {
     ForeignNodeId { kind: Kind },
     /// A second handshake message on an established connection.
     SecondHandshake,
+    /// A piece that does not match its verified chaining value (or its request).
+    BadPiece { index: u64 },
+    /// Item metadata that does not verify against the content id.
+    BadMetadata,
 }
 
 impl fmt::Display for Violation {
@@ -118,6 +123,8 @@ impl fmt::Display for Violation {
             Violation::RequestFlood { kind } => write!(f, "request flood ({kind})"),
             Violation::ForeignNodeId { kind } => write!(f, "{kind} for another node id"),
             Violation::SecondHandshake => f.write_str("second handshake"),
+            Violation::BadPiece { index } => write!(f, "piece {index} failed verification"),
+            Violation::BadMetadata => f.write_str("item metadata failed verification"),
         }
     }
 }
@@ -264,6 +271,51 @@ pub enum Event {
     Initialized {
         peers: u32,
     },
+    /// An item was imported on this node.
+    ItemAdded {
+        id: ContentId,
+        size: u64,
+    },
+    ItemRemoved {
+        id: ContentId,
+    },
+    TransferStarted {
+        id: ContentId,
+        sources: u32,
+    },
+    /// Every piece of a fetched item is durable.
+    ItemComplete {
+        id: ContentId,
+        size: u64,
+        sources: u32,
+        ms: u64,
+    },
+    TransferFailed {
+        id: ContentId,
+        reason: TransferFailure,
+    },
+    /// A peer sent a piece that failed verification (it is banned; the piece is fetched
+    /// elsewhere).
+    BadPiece {
+        conn: ConnId,
+        peer: NodeId,
+        id: ContentId,
+        index: u64,
+    },
+    /// A held piece read back damaged from disk: dropped and fetched again.
+    PieceDamaged {
+        id: ContentId,
+        index: u64,
+    },
+    StoreFailed {
+        id: ContentId,
+        error: String,
+    },
+    /// Start-up phase 7 is over.
+    InitialSyncDone {
+        synced: u64,
+        pending: u64,
+    },
 }
 
 impl fmt::Display for Event {
@@ -309,6 +361,25 @@ impl fmt::Display for Event {
             Event::LateAnswer { conn, id, kind } => write!(f, "late {kind} answer to request {id} on {conn} dropped"),
             Event::SendRefused { conn, kind, error } => write!(f, "{kind} message to {conn} not sent: {error}"),
             Event::Initialized { peers } => write!(f, "node initialized ({peers} {})", plural(*peers, "peer", "peers")),
+            Event::ItemAdded { id, size } => write!(f, "item {id} added ({size} bytes)"),
+            Event::ItemRemoved { id } => write!(f, "item {id} removed"),
+            Event::TransferStarted { id, sources } => {
+                write!(f, "fetching {id} from {sources} {}", plural(*sources, "peer", "peers"))
+            }
+            Event::ItemComplete { id, size, sources, ms } => write!(
+                f,
+                "item {id} complete ({size} bytes from {sources} {} in {ms} ms)",
+                plural(*sources, "peer", "peers")
+            ),
+            Event::TransferFailed { id, reason } => write!(f, "fetching {id} failed: {reason}"),
+            Event::BadPiece { conn, peer, id, index } => {
+                write!(f, "bad piece {index} of {id} from {peer} on {conn}: banned")
+            }
+            Event::PieceDamaged { id, index } => write!(f, "piece {index} of {id} damaged on disk: dropped"),
+            Event::StoreFailed { id, error } => write!(f, "storing {id} failed: {error}"),
+            Event::InitialSyncDone { synced, pending } => {
+                write!(f, "initial sync done ({synced} synced, {pending} still pending)")
+            }
         }
     }
 }

@@ -98,23 +98,29 @@ impl fmt::Debug for PublicKey {
 }
 
 /// Serde for 32-byte ids: hex in human-readable formats (JSON), raw bytes in postcard.
+#[macro_export]
+#[doc(hidden)]
 macro_rules! hex_serde {
     ($ty:ident) => {
-        impl Serialize for $ty {
+        impl serde::Serialize for $ty {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 // Non-human-readable: one byte string, not 32 one-byte elements (faster to
                 // encode, decode and hash).
-                if s.is_human_readable() { s.serialize_str(&hex::encode(&self.0)) } else { s.serialize_bytes(&self.0) }
+                if s.is_human_readable() {
+                    s.serialize_str(&$crate::hex::encode(&self.0))
+                } else {
+                    s.serialize_bytes(&self.0)
+                }
             }
         }
 
-        impl<'de> Deserialize<'de> for $ty {
+        impl<'de> serde::Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
                 if d.is_human_readable() {
-                    let text = String::deserialize(d)?;
+                    let text = <String as serde::Deserialize>::deserialize(d)?;
                     $ty::from_hex(&text).map_err(serde::de::Error::custom)
                 } else {
-                    bytes32::deserialize(d).map($ty)
+                    $crate::id::bytes32::deserialize(d).map($ty)
                 }
             }
         }

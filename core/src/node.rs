@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use crate::bootstrap::Bootstrap;
 use crate::config::Config;
 use crate::conns::Conns;
+use crate::content::proto::PieceHeader;
+use crate::content::{Content, ContentId, ContentStatus, ItemStatus, PieceData, PieceRef, SyncStatus};
 use crate::context::{Counters, Cx, Deferred, Outbox, Output, Startup};
 use crate::discovery::Discovery;
 use crate::event::{CloseReason, Direction, Event, Phase, Violation};
@@ -30,7 +32,7 @@ use crate::handshake::{self, Binding, Link};
 use crate::id::{ConnId, NodeId, PublicKey};
 use crate::identity::Identity;
 use crate::penalties::{Offender, POINTS_HANDSHAKE, POINTS_VIOLATION, Penalties};
-use crate::request::{Answer, Expiry, Origin, Pending, RequestCounters, Requests};
+use crate::request::{Answer, Expiry, Origin, Pending, RequestCounters, RequestId, Requests};
 use crate::time::{Mono, Time};
 use crate::wire::{self, Message, Request, Response};
 
@@ -56,6 +58,22 @@ pub enum Input {
     Restart { config: Box<Config>, rng_seed: u64 },
     /// Orderly shutdown: close every connection.
     Shutdown,
+    /// A piece the peer on `conn` sent in answer to our request `request`, split out of the
+    /// stream by the driver, which computed `hash` over its bytes (`content::stream`). The
+    /// bytes ride along for the store but are never logged.
+    Piece { conn: ConnId, request: RequestId, header: PieceHeader, hash: [u8; 32], data: PieceData },
+    /// Pieces from `Output::StorePiece` are durable.
+    Stored { pieces: Vec<PieceRef> },
+    /// Storing pieces failed; the text is the store's error (a full disk, an I/O error).
+    StoreFailed { pieces: Vec<PieceRef>, error: String },
+    /// The operator imported an item into the store (`mynet add`); all of it is durable.
+    Added { id: ContentId, size: u64 },
+    /// The operator wants an item (`mynet get`).
+    Want { id: ContentId },
+    /// The operator dropped an item (`mynet rm`).
+    Remove { id: ContentId },
+    /// A held piece read back damaged (serving, `mynet verify`); the store dropped it.
+    Damaged { piece: PieceRef },
 }
 
 impl Input {
@@ -69,6 +87,13 @@ impl Input {
             Input::Tick => "tick",
             Input::Restart { .. } => "restart",
             Input::Shutdown => "shutdown",
+            Input::Piece { .. } => "piece",
+            Input::Stored { .. } => "stored",
+            Input::StoreFailed { .. } => "store_failed",
+            Input::Added { .. } => "added",
+            Input::Want { .. } => "want",
+            Input::Remove { .. } => "remove",
+            Input::Damaged { .. } => "damaged",
         }
     }
 }
@@ -80,6 +105,7 @@ pub enum TimerKind {
     Request(ConnId),
     BootstrapRetry,
     Discovery,
+    Content,
 }
 
 /// A connection that just ended, as every module hears of it.
@@ -139,6 +165,8 @@ pub struct NodeStatus {
     pub connections_handshaking: u32,
     pub counters: Counters,
     pub requests: RequestCounters,
+    pub content: ContentStatus,
+    pub sync: SyncStatus,
 }
 
 /// The node's state: the facade's tables and every module's own state.
@@ -157,10 +185,11 @@ struct State {
     // Protocol modules, in the order they are told of shared happenings.
     bootstrap: Bootstrap,
     discovery: Discovery,
+    content: Content,
 }
 
 /// Format byte of node snapshots.
-pub const SNAPSHOT_FORMAT: u8 = 2;
+pub const SNAPSHOT_FORMAT: u8 = 3;
 
 /// Encoded outputs are hashed in blocks of this size (BLAKE3 is several times faster on long
 /// inputs than on many short ones).
@@ -251,6 +280,7 @@ impl Node {
             penalties: Penalties::default(),
             counters: Counters::default(),
             bootstrap: Bootstrap::default(),
+            content: Content::default(),
         };
         let mut node = Node {
             identity,
@@ -301,6 +331,16 @@ impl Node {
         self.state.discovery.known().len()
     }
 
+    /// The content module (catalogue, transfers), read-only.
+    pub fn content(&self) -> &Content {
+        &self.state.content
+    }
+
+    /// Every item, for `mynet ls`.
+    pub fn items(&self) -> Vec<ItemStatus> {
+        self.state.content.list()
+    }
+
     /// Connections per direction (handshaking ones included) and per IP address.
     pub fn connection_counts(&self) -> (u32, u32, BTreeMap<IpAddr, u32>) {
         let (inbound, outbound) = self.state.conns.direction_counts();
@@ -336,6 +376,7 @@ impl Node {
     /// table and the request layer.
     pub fn check_tables(&self) -> Result<(), String> {
         self.state.discovery.known().check()?;
+        self.state.content.check()?;
         self.state.requests.check()
     }
 
@@ -354,6 +395,7 @@ impl Node {
             })
             .collect();
         peers.sort_by_key(|p| p.node_id);
+        let (content, sync) = self.state.content.status();
         NodeStatus {
             node_id: self.state.node_id,
             public_key: self.identity.public_key(),
@@ -365,6 +407,8 @@ impl Node {
             known_peers: self.state.discovery.known().len() as u32,
             counters: self.state.counters.clone(),
             requests: self.state.requests.counters().clone(),
+            content,
+            sync,
         }
     }
 
@@ -458,6 +502,13 @@ impl Node {
             Input::Tick => self.handle_tick(),
             Input::Restart { config, rng_seed } => self.handle_restart(*config, rng_seed),
             Input::Shutdown => self.handle_shutdown(),
+            Input::Piece { conn, request, header, hash, data } => self.handle_piece(conn, request, header, hash, data),
+            Input::Stored { pieces } => self.state.content.stored(&mut cx!(self), &pieces),
+            Input::StoreFailed { pieces, error } => self.state.content.store_failed(&mut cx!(self), &pieces, &error),
+            Input::Added { id, size } => self.state.content.added(&mut cx!(self), id, size),
+            Input::Want { id } => self.state.content.want(&mut cx!(self), id),
+            Input::Remove { id } => self.state.content.remove(&mut cx!(self), id),
+            Input::Damaged { piece } => self.state.content.damaged(&mut cx!(self), piece),
         }
         self.run_deferred();
     }
@@ -493,6 +544,7 @@ impl Node {
             s.requests.poll_timeout().map(|(at, conn)| (at, TimerKind::Request(conn))),
             s.bootstrap.poll_timeout().map(|at| (at, TimerKind::BootstrapRetry)),
             s.discovery.poll_timeout().map(|at| (at, TimerKind::Discovery)),
+            s.content.poll_timeout().map(|at| (at, TimerKind::Content)),
         ]
         .into_iter()
         .flatten()
@@ -545,6 +597,31 @@ impl Node {
         self.state.bootstrap.handle_timeout(&mut cx!(self));
         self.run_deferred();
         self.state.discovery.handle_timeout(&mut cx!(self));
+        self.run_deferred();
+        self.state.content.handle_timeout(&mut cx!(self));
+    }
+
+    fn handle_piece(&mut self, conn: ConnId, request: RequestId, header: PieceHeader, hash: [u8; 32], data: PieceData) {
+        let Some(peer) = self.state.conns.get(conn).and_then(|c| c.established()).map(|e| e.node_id) else { return };
+        let len = header.piece_len().unwrap_or(0);
+        self.state.counters.bytes_in += len;
+        match self.state.requests.answer(conn, request, crate::wire::Kind::Piece) {
+            Answer::Expected(pending) => {
+                self.state.content.on_piece(&mut cx!(self), conn, peer, &pending, header, hash, data)
+            }
+            Answer::Late(_) | Answer::Cancelled => {
+                cx!(self).event(Event::LateAnswer { conn, id: request, kind: crate::wire::Kind::Piece });
+                self.state.content.on_late_piece(len);
+            }
+            Answer::UnknownId => {
+                let violation = Violation::UnknownRequestId { id: request, kind: crate::wire::Kind::Piece };
+                self.misbehaved(conn, CloseReason::Protocol(violation))
+            }
+            Answer::WrongKind { expected } => {
+                let violation = Violation::WrongAnswerKind { id: request, expected, got: crate::wire::Kind::Piece };
+                self.misbehaved(conn, CloseReason::Protocol(violation))
+            }
+        }
     }
 
     fn handle_restart(&mut self, config: Config, rng_seed: u64) {
@@ -556,6 +633,7 @@ impl Node {
         self.state.rng = ChaCha8Rng::seed_from_u64(rng_seed);
         self.state.counters.restarts += 1;
         self.state.discovery.on_restart(&cx!(self));
+        self.state.content.on_restart();
         let now = self.state.now;
         self.start(now);
     }
@@ -566,6 +644,7 @@ impl Node {
         }
         self.state.bootstrap.on_shutdown();
         self.state.discovery.on_shutdown();
+        self.state.content.on_shutdown();
     }
 
     // ---- routing ----
@@ -592,13 +671,16 @@ impl Node {
                 // One line per protocol.
                 match body {
                     Request::Discovery(r) => self.state.discovery.handle_request(&mut cx!(self), conn_id, peer, id, r),
+                    Request::Content(r) => self.state.content.handle_request(&mut cx!(self), conn_id, id, r),
                 }
             }
             Message::Response { id, body } => {
                 let kind = body.kind();
                 match self.state.requests.answer(conn_id, id, kind) {
                     Answer::Expected(pending) => self.route_response(conn_id, peer, &pending, body),
-                    Answer::Late(_) => cx!(self).event(Event::LateAnswer { conn: conn_id, id, kind }),
+                    Answer::Late(_) | Answer::Cancelled => {
+                        cx!(self).event(Event::LateAnswer { conn: conn_id, id, kind })
+                    }
                     Answer::UnknownId => {
                         self.misbehaved(conn_id, CloseReason::Protocol(Violation::UnknownRequestId { id, kind }))
                     }
@@ -607,6 +689,12 @@ impl Node {
                         self.misbehaved(conn_id, CloseReason::Protocol(violation))
                     }
                 }
+            }
+            // Pieces are split out of the stream by the driver (`content::stream`); one inside
+            // the frame stream means the peer's framing is broken.
+            Message::Piece { .. } => {
+                let err = crate::wire::WireError::Undecodable("piece header inside the frame stream".into());
+                self.misbehaved(conn_id, CloseReason::Wire(err))
             }
         }
     }
@@ -617,12 +705,18 @@ impl Node {
             (Origin::Discovery, Response::Discovery(r)) => {
                 self.state.discovery.handle_response(&mut cx!(self), conn, peer, r)
             }
+            (Origin::Content, Response::Content(r)) => {
+                self.state.content.handle_response(&mut cx!(self), conn, pending, r)
+            }
+            // Kinds were matched against the request, so the protocol matches too.
+            _ => {}
         }
     }
 
     fn route_failure(&mut self, conn: ConnId, pending: &Pending) {
         match pending.origin {
             Origin::Discovery => self.state.discovery.on_request_failed(&mut cx!(self), conn, pending),
+            Origin::Content => self.state.content.on_request_failed(&mut cx!(self), conn, pending),
         }
     }
 
@@ -631,6 +725,10 @@ impl Node {
     fn on_established(&mut self, link: &Link) {
         self.state.discovery.on_established(&mut cx!(self), link);
         self.run_deferred();
+        if self.state.conns.contains(link.conn) {
+            self.state.content.on_established(&mut cx!(self), link);
+            self.run_deferred();
+        }
         if self.state.conns.contains(link.conn) {
             self.state.bootstrap.on_established(&mut cx!(self), link);
         }
@@ -652,8 +750,10 @@ impl Node {
                 self.state.discovery.enter_startup_phase(&mut cx!(self));
             }
             Startup::DiscoveryDone if self.state.phase == Phase::PeerDiscovery => {
-                // Content sync does not exist yet: the initial sync has nothing to queue.
                 self.set_phase(Phase::InitialSync);
+                self.state.content.enter_initial_sync(&mut cx!(self));
+            }
+            Startup::InitialSyncDone if self.state.phase == Phase::InitialSync => {
                 self.set_phase(Phase::BackgroundServices);
                 self.set_phase(Phase::Ready);
                 let peers = self.state.conns.established().count() as u32;
@@ -757,5 +857,7 @@ impl Node {
         }
         self.state.bootstrap.on_closed(&mut cx!(self), &closed);
         self.state.discovery.on_closed(&mut cx!(self), &closed);
+        self.run_deferred();
+        self.state.content.on_closed(&mut cx!(self), &closed);
     }
 }

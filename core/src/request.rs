@@ -36,6 +36,7 @@ impl fmt::Display for RequestId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Origin {
     Discovery,
+    Content,
 }
 
 /// A request we sent and have not settled.
@@ -81,6 +82,8 @@ pub enum Answer {
     UnknownId,
     /// The request with this id expects another kind.
     WrongKind { expected: Kind },
+    /// An answer to a request we cancelled: dropped.
+    Cancelled,
 }
 
 /// What a deadline did.
@@ -105,7 +108,13 @@ struct PeerRequests {
     pending: Vec<Pending>,
     /// Requests the peer made of us, per protocol.
     windows: [Window; Protocol::COUNT],
+    /// Requests we cancelled (their answer no longer matters), newest last, at most
+    /// [`CANCELLED_MAX`]: an answer to one is dropped, not a violation.
+    cancelled: std::collections::VecDeque<RequestId>,
 }
+
+/// Cancelled request ids remembered per connection.
+pub const CANCELLED_MAX: usize = 32;
 
 /// Counters of the request layer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,7 +139,8 @@ impl Requests {
     /// Starts tracking a connection whose handshake completed.
     pub fn open(&mut self, conn: ConnId, now: Mono) {
         let windows = std::array::from_fn(|_| Window { start: now, count: 0 });
-        self.peers.insert(conn, PeerRequests { next_id: 0, pending: Vec::new(), windows });
+        self.peers
+            .insert(conn, PeerRequests { next_id: 0, pending: Vec::new(), windows, cancelled: Default::default() });
     }
 
     /// Forgets a connection and the requests pending on it (modules hear of the close itself).
@@ -187,9 +197,16 @@ impl Requests {
     /// Settles the request `id` on `conn` with an answer of kind `got`.
     pub fn answer(&mut self, conn: ConnId, id: RequestId, got: Kind) -> Answer {
         let Some(peer) = self.peers.get_mut(&conn) else { return Answer::UnknownId };
-        let Ok(at) = peer.pending.binary_search_by_key(&id, |p| p.id) else { return Answer::UnknownId };
+        let Ok(at) = peer.pending.binary_search_by_key(&id, |p| p.id) else {
+            if let Some(i) = peer.cancelled.iter().position(|c| *c == id) {
+                peer.cancelled.remove(i);
+                self.counters.late += 1;
+                return Answer::Cancelled;
+            }
+            return Answer::UnknownId;
+        };
         let expected = peer.pending[at].expects;
-        if expected != got {
+        if !crate::content::proto::answers(expected, got) {
             return Answer::WrongKind { expected };
         }
         let pending = peer.pending.remove(at);
@@ -201,6 +218,20 @@ impl Requests {
             self.counters.answered += 1;
             Answer::Expected(pending)
         }
+    }
+
+    /// Cancels the pending request `id` on `conn` (its answer no longer matters): it leaves the
+    /// table at once, and its answer, if it comes, is dropped without blame.
+    pub fn cancel(&mut self, conn: ConnId, id: RequestId) -> Option<Pending> {
+        let peer = self.peers.get_mut(&conn)?;
+        let at = peer.pending.binary_search_by_key(&id, |p| p.id).ok()?;
+        let pending = peer.pending.remove(at);
+        self.deadlines.remove(&(pending.deadline, conn, id));
+        if peer.cancelled.len() >= CANCELLED_MAX {
+            peer.cancelled.pop_front();
+        }
+        peer.cancelled.push_back(id);
+        Some(pending)
     }
 
     /// Counts a request the peer on `conn` made; false once it exceeds `limit` for the window.
@@ -252,9 +283,9 @@ impl Requests {
         out
     }
 
-    /// Requests on `conn` still within their deadline.
-    pub fn live_on(&self, conn: ConnId) -> usize {
-        self.peers.get(&conn).map_or(0, |p| p.pending.iter().filter(|r| !r.timed_out).count())
+    /// Requests of `protocol` on `conn` still within their deadline.
+    pub fn live_on(&self, conn: ConnId, protocol: Protocol) -> usize {
+        self.peers.get(&conn).map_or(0, |p| p.pending.iter().filter(|r| !r.timed_out && r.protocol == protocol).count())
     }
 
     /// The layer's counters.
@@ -360,9 +391,9 @@ mod tests {
         }
         assert!(!r.admit(Mono(0), conn, Protocol::Discovery));
         assert!(r.admit(Mono(0).plus_ms(limit.window_ms), conn, Protocol::Discovery), "a new window");
-        assert_eq!(r.live_on(conn), discovery::IN_FLIGHT_MAX);
+        assert_eq!(r.live_on(conn, Protocol::Discovery), discovery::IN_FLIGHT_MAX);
         r.close(conn);
-        assert_eq!(r.live_on(conn), 0);
+        assert_eq!(r.live_on(conn, Protocol::Discovery), 0);
         r.check().expect("consistent");
     }
 }

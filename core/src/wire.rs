@@ -9,14 +9,15 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::content::proto as content;
 use crate::discovery;
 use crate::handshake::{self, Hello};
 use crate::request::RequestId;
 
 pub use crate::discovery::{EXCLUDE_MAX, NetworkInfo, NetworkStats, PEERS_PER_ANSWER_MAX, PeerRecord};
 
-/// The wire format version carried in every frame (2: requests carry ids).
-pub const WIRE_VERSION: u8 = 2;
+/// The wire format version carried in every frame (2: requests carry ids; 3: content).
+pub const WIRE_VERSION: u8 = 3;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 /// Largest frame body (version byte + payload) we accept or send. The largest message today
@@ -39,6 +40,10 @@ pub enum Message {
     Request { id: RequestId, body: Request },
     /// The answer to the request `id` that the receiver sent on this connection.
     Response { id: RequestId, body: Response },
+    /// The answer to a content `Piece` request `id`: the piece's raw bytes follow this frame
+    /// on the stream (see `content::proto`). The driver's transport takes them out of the
+    /// stream; the node itself never sees this message.
+    Piece { id: RequestId, header: content::PieceHeader },
 }
 
 /// A request, by protocol. Adding a protocol adds one variant here and in [`Response`].
@@ -46,6 +51,8 @@ pub enum Message {
 pub enum Request {
     /// Peer exchange (SPEC R4.3, R5.1).
     Discovery(discovery::Request),
+    /// Content: listings, announcements, metadata, pieces (SPEC R7).
+    Content(content::Request),
 }
 
 /// An answer, by protocol.
@@ -53,6 +60,8 @@ pub enum Request {
 pub enum Response {
     /// Peer exchange.
     Discovery(discovery::Response),
+    /// Content.
+    Content(content::Response),
 }
 
 /// Every kind of message, flat: what the request layer expects, what logs and filters name.
@@ -64,6 +73,19 @@ pub enum Kind {
     NetworkInfo,
     DiscoverPeers,
     Peers,
+    List,
+    Listing,
+    Announce,
+    Ack,
+    GetHead,
+    Head,
+    GetPage,
+    Page,
+    GetHave,
+    Have,
+    GetPiece,
+    Piece,
+    NotHeld,
 }
 
 impl Kind {
@@ -76,6 +98,19 @@ impl Kind {
             Kind::NetworkInfo => "network_info",
             Kind::DiscoverPeers => "discover_peers",
             Kind::Peers => "peers",
+            Kind::List => "list",
+            Kind::Listing => "listing",
+            Kind::Announce => "announce",
+            Kind::Ack => "ack",
+            Kind::GetHead => "get_head",
+            Kind::Head => "head",
+            Kind::GetPage => "get_page",
+            Kind::Page => "page",
+            Kind::GetHave => "get_have",
+            Kind::Have => "have",
+            Kind::GetPiece => "get_piece",
+            Kind::Piece => "piece",
+            Kind::NotHeld => "not_held",
         }
     }
 }
@@ -90,16 +125,18 @@ impl fmt::Display for Kind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Protocol {
     Discovery,
+    Content,
 }
 
 impl Protocol {
     /// How many protocols there are (the request layer keeps one rate window per protocol).
-    pub const COUNT: usize = 1;
+    pub const COUNT: usize = 2;
 
     /// Dense index in `0..COUNT`.
     pub fn index(self) -> usize {
         match self {
             Protocol::Discovery => 0,
+            Protocol::Content => 1,
         }
     }
 
@@ -107,6 +144,7 @@ impl Protocol {
     pub fn rate_limit(self) -> RateLimit {
         match self {
             Protocol::Discovery => discovery::RATE_LIMIT,
+            Protocol::Content => content::RATE_LIMIT,
         }
     }
 
@@ -114,6 +152,7 @@ impl Protocol {
     pub fn in_flight_max(self) -> usize {
         match self {
             Protocol::Discovery => discovery::IN_FLIGHT_MAX,
+            Protocol::Content => content::IN_FLIGHT_MAX,
         }
     }
 }
@@ -135,6 +174,7 @@ impl Message {
             Message::HelloAck(_) => Kind::HelloAck,
             Message::Request { body, .. } => body.kind(),
             Message::Response { body, .. } => body.kind(),
+            Message::Piece { .. } => Kind::Piece,
         }
     }
 
@@ -143,6 +183,9 @@ impl Message {
             Message::Hello(hello) | Message::HelloAck(hello) => handshake::check_bounds(hello),
             Message::Request { body: Request::Discovery(r), .. } => r.check_bounds(),
             Message::Response { body: Response::Discovery(r), .. } => r.check_bounds(),
+            Message::Request { body: Request::Content(r), .. } => r.check_bounds(),
+            Message::Response { body: Response::Content(r), .. } => r.check_bounds(),
+            Message::Piece { header, .. } => header.piece_len().map(|_| ()),
         }
     }
 }
@@ -152,6 +195,7 @@ impl Request {
     pub fn kind(&self) -> Kind {
         match self {
             Request::Discovery(r) => r.kind(),
+            Request::Content(r) => r.kind(),
         }
     }
 
@@ -159,6 +203,7 @@ impl Request {
     pub fn expects(&self) -> Kind {
         match self {
             Request::Discovery(r) => r.expects(),
+            Request::Content(r) => r.expects(),
         }
     }
 
@@ -166,6 +211,7 @@ impl Request {
     pub fn protocol(&self) -> Protocol {
         match self {
             Request::Discovery(_) => Protocol::Discovery,
+            Request::Content(_) => Protocol::Content,
         }
     }
 }
@@ -175,6 +221,7 @@ impl Response {
     pub fn kind(&self) -> Kind {
         match self {
             Response::Discovery(r) => r.kind(),
+            Response::Content(r) => r.kind(),
         }
     }
 }

@@ -42,6 +42,11 @@ impl DataDir {
         self.root.join("events")
     }
 
+    /// The content store (fjall metadata and piece files).
+    pub fn store_path(&self) -> PathBuf {
+        self.root.join("store")
+    }
+
     /// Where a running node writes its API address.
     pub fn api_addr_path(&self) -> PathBuf {
         self.root.join("api.addr")

@@ -13,10 +13,14 @@ use anyhow::{Result, anyhow};
 use mynet_core::{ConnId, Event, Input, Mono, Output, Phase, StartupFailure, Time};
 use mynet_storage::{Durable, EventLog, FjallLog, GroupCommitLog, Journaled};
 use serde_json::json;
+use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+
+use mynet_core::content::PieceData;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use crate::content::{self, Store};
 use crate::durability::Held;
 use crate::transport::{self, CLOSE_DRAIN_MAX, NetEvent, Transport};
 
@@ -61,16 +65,20 @@ pub fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// A question from the local API, answered with an HTTP status and a JSON body.
+/// A question from the local API, answered with an HTTP status and a JSON body. An operator
+/// command carries its input (`mynet add/get/rm`), which the node handles before answering.
 #[derive(Debug)]
 pub struct ApiRequest {
     pub path: String,
+    pub input: Option<Input>,
     pub reply: oneshot::Sender<(u16, String)>,
 }
 
 struct ConnHandle {
     task: JoinHandle<()>,
     writer: Option<mpsc::Sender<Vec<u8>>>,
+    pieces: Option<mpsc::Sender<Vec<u8>>>,
+    serving: Arc<Semaphore>,
     /// The node closed it; the close waits for durability, and events for it are dropped.
     closing: bool,
 }
@@ -100,6 +108,20 @@ pub struct Driver {
     outputs: Vec<Output>,
     facts: Facts,
     failure: Option<(Phase, StartupFailure)>,
+    store: Option<Store>,
+    store_inputs: mpsc::UnboundedSender<Input>,
+}
+
+impl ConnHandle {
+    fn new(task: JoinHandle<()>) -> ConnHandle {
+        ConnHandle {
+            task,
+            writer: None,
+            pieces: None,
+            serving: Arc::new(Semaphore::new(content::SERVING_PER_CONN_MAX)),
+            closing: false,
+        }
+    }
 }
 
 impl Driver {
@@ -111,6 +133,8 @@ impl Driver {
         transport: Transport,
         facts: Facts,
         initial: Vec<Output>,
+        store: Store,
+        store_inputs: mpsc::UnboundedSender<Input>,
     ) -> Result<Driver> {
         let (report, durable) = watch::channel::<DurableReport>(Ok(0));
         let on_durable = move |d: Durable| {
@@ -135,6 +159,8 @@ impl Driver {
             outputs: Vec::new(),
             facts,
             failure: None,
+            store: Some(store),
+            store_inputs,
         };
         let needs = driver.journal.log().next_seq();
         for output in initial {
@@ -148,15 +174,20 @@ impl Driver {
         mut self,
         mut net: mpsc::Receiver<NetEvent>,
         mut api: mpsc::Receiver<ApiRequest>,
+        mut store: mpsc::UnboundedReceiver<Input>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), (Phase, anyhow::Error)> {
         let phase = self.journal.node().phase();
-        let result = self.main_loop(&mut net, &mut api, shutdown).await.map_err(|e| match self.failure.take() {
-            Some((failed, reason)) => (failed, anyhow!("{reason}")),
-            None => (phase.max(self.journal.node().phase()), e),
-        });
+        let result =
+            self.main_loop(&mut net, &mut api, &mut store, shutdown).await.map_err(|e| match self.failure.take() {
+                Some((failed, reason)) => (failed, anyhow!("{reason}")),
+                None => (phase.max(self.journal.node().phase()), e),
+            });
         // The storage thread owns the log: wait until it has applied what is queued and closed
         // the log, so the process never exits in the middle of a write.
+        if let Some(store) = self.store.take() {
+            store.close();
+        }
         if let Err(err) = self.journal.into_log().close() {
             tracing::warn!("closing the event log: {err}");
         }
@@ -167,6 +198,7 @@ impl Driver {
         &mut self,
         net: &mut mpsc::Receiver<NetEvent>,
         api: &mut mpsc::Receiver<ApiRequest>,
+        store: &mut mpsc::UnboundedReceiver<Input>,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         tokio::pin!(shutdown);
@@ -197,7 +229,9 @@ impl Driver {
                         self.feed(Input::Tick)?;
                     }
                 }
-                Some(request) = api.recv() => self.on_api(request),
+                // What the store made durable (or found damaged).
+                Some(input) = store.recv() => self.feed(input)?,
+                Some(request) = api.recv() => self.on_api(request)?,
                 Some(event) = net.recv(), if may_take_net => {
                     self.on_net(event)?;
                     for _ in 1..NET_BATCH_MAX {
@@ -234,9 +268,10 @@ impl Driver {
                 self.incoming.insert(conn, stream);
                 self.feed(Input::Incoming { conn, addr })
             }
-            NetEvent::Secured { conn, binding, writer } => {
+            NetEvent::Secured { conn, binding, writer, pieces } => {
                 let Some(handle) = self.conns.get_mut(&conn) else { return Ok(()) };
                 handle.writer = Some(writer);
+                handle.pieces = Some(pieces);
                 if handle.closing {
                     return Ok(());
                 }
@@ -247,6 +282,13 @@ impl Driver {
                 drop(credit);
                 if self.conns.get(&conn).is_some_and(|h| !h.closing) {
                     self.feed(Input::Received { conn, bytes })?;
+                }
+                Ok(())
+            }
+            NetEvent::Piece { conn, request, header, hash, data, credit } => {
+                drop(credit);
+                if self.conns.get(&conn).is_some_and(|h| !h.closing) {
+                    self.feed(Input::Piece { conn, request, header, hash, data: PieceData(data) })?;
                 }
                 Ok(())
             }
@@ -311,12 +353,12 @@ impl Driver {
         match output {
             Output::Dial { conn, addr } => {
                 let task = self.transport.spawn_dial(conn, addr);
-                self.conns.insert(conn, ConnHandle { task, writer: None, closing: false });
+                self.conns.insert(conn, ConnHandle::new(task));
             }
             Output::Accept { conn } => {
                 if let Some(stream) = self.incoming.remove(&conn) {
                     let task = self.transport.spawn_accept(conn, stream);
-                    self.conns.insert(conn, ConnHandle { task, writer: None, closing: false });
+                    self.conns.insert(conn, ConnHandle::new(task));
                 }
             }
             Output::Send { conn, bytes } => self.send(conn, bytes),
@@ -332,6 +374,32 @@ impl Driver {
                 }
             }
             Output::Event(event) => self.log_event(&event),
+            Output::StorePiece { piece, data } => self.with_store(|s| s.store_piece(piece, data.0)),
+            Output::StoreHead { id, size, cvs } => self.with_store(|s| s.store_head(id, size, cvs)),
+            Output::StorePage { id, page, cvs } => self.with_store(|s| s.store_page(id, page, cvs)),
+            Output::DeleteItem { id } => self.with_store(|s| s.delete(id)),
+            Output::Serve { conn, request, what } => {
+                let Some(handle) = self.conns.get(&conn) else { return };
+                let (Some(writer), Some(pieces), Some(store)) = (&handle.writer, &handle.pieces, &self.store) else {
+                    return;
+                };
+                tokio::spawn(content::serve(
+                    store.shared(),
+                    conn,
+                    request,
+                    what,
+                    writer.clone(),
+                    pieces.clone(),
+                    handle.serving.clone(),
+                    self.store_inputs.clone(),
+                ));
+            }
+        }
+    }
+
+    fn with_store(&self, f: impl FnOnce(&Store)) {
+        if let Some(store) = &self.store {
+            f(store);
         }
     }
 
@@ -375,13 +443,26 @@ impl Driver {
         }
     }
 
-    fn on_api(&mut self, request: ApiRequest) {
-        let answer = match request.path.as_str() {
+    fn on_api(&mut self, request: ApiRequest) -> Result<()> {
+        if let Some(input) = request.input {
+            self.feed(input)?;
+        }
+        let path = request.path.as_str();
+        let answer = match path {
             "/status" | "/peers" => (200, self.status_json().to_string()),
+            "/content" => (200, serde_json::to_string(&self.journal.node().items()).unwrap_or_default()),
+            _ if path.starts_with("/content/") => {
+                let id = path.trim_start_matches("/content/").split('/').next().unwrap_or_default();
+                match self.journal.node().items().into_iter().find(|i| i.id.to_string() == id) {
+                    Some(item) => (200, serde_json::to_string(&item).unwrap_or_default()),
+                    None => (404, json!({ "error": format!("no item {id} on this node") }).to_string()),
+                }
+            }
             "/config" => (200, serde_json::to_string(self.journal.node().config()).unwrap_or_default()),
             _ => (404, json!({ "error": format!("no such endpoint {}", request.path) }).to_string()),
         };
         let _ = request.reply.send(answer);
+        Ok(())
     }
 
     /// Status as JSON (SPEC R10.1, first part).
@@ -411,6 +492,8 @@ impl Driver {
             "connections_handshaking": status.connections_handshaking,
             "counters": status.counters,
             "requests": status.requests,
+            "content": status.content,
+            "sync": status.sync,
             "event_log_next_seq": self.journal.log().next_seq(),
             "event_log_durable_seq": self.durable.borrow().clone().unwrap_or_default(),
             "outputs_awaiting_durability": self.held.len(),

@@ -2,6 +2,8 @@
 
 mod accept;
 mod api;
+mod cli_content;
+mod content;
 mod datadir;
 mod driver;
 mod durability;
@@ -39,6 +41,35 @@ enum Command {
     Status,
     /// Print the running node's peers as a table.
     Peers,
+    /// Stream FILE into the running node's store; prints its content id.
+    Add {
+        file: PathBuf,
+        /// Print `{"id","size","pieces"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch item ID from the network if it is not held (resuming), then write it out.
+    Get {
+        id: String,
+        /// Write to FILE (default: stdout).
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Give up after this long (the node keeps what it fetched; run again to resume).
+        #[arg(long, default_value = "1h", value_parser = parse_duration_ms)]
+        timeout: u64,
+    },
+    /// List the items this node holds or fetches.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the local copy of item ID.
+    Rm { id: String },
+    /// Re-hash every held piece; damaged pieces are dropped and fetched again.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
@@ -80,6 +111,10 @@ struct SimArgs {
     /// Run twice and compare event by event; report the first event where the runs differ.
     #[arg(long)]
     check_determinism: bool,
+    /// Add N items of varied sizes (1 KiB to 16 MiB) at random nodes during the run; every
+    /// honest node must hold all of them by the end.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    content: usize,
 }
 
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
@@ -106,6 +141,13 @@ fn main() -> ExitCode {
         Command::Run => return run(dir),
         Command::Status => api::get(&dir, "/status").map(|status| println!("{}", pretty(&status))),
         Command::Peers => api::get(&dir, "/peers").map(|status| print_peers(&status)),
+        Command::Add { file, json } => cli_content::add(&dir, &file, json),
+        Command::Get { id, output, timeout } => {
+            cli_content::get(&dir, &id, output, std::time::Duration::from_millis(timeout))
+        }
+        Command::Ls { json } => cli_content::ls(&dir, json),
+        Command::Rm { id } => cli_content::rm(&dir, &id),
+        Command::Verify { json } => cli_content::verify(&dir, json),
         Command::Config { command: ConfigCommand::Show } => config_show(&dir),
         Command::Replay(args) => return replay::run(&dir, &args),
         Command::Sim(args) => sim(args),
@@ -196,7 +238,8 @@ fn sim(args: SimArgs) -> Result<()> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    let config = mynet_sim::SimConfig::new(args.seed, args.nodes, args.duration);
+    let mut config = mynet_sim::SimConfig::new(args.seed, args.nodes, args.duration);
+    config.content = args.content;
     let Some(mut config) = config.with_faults(&args.faults) else {
         bail!("unknown fault profile {:?}; choose one of {}", args.faults, mynet_sim::faults::PROFILE_NAMES.join(", "));
     };

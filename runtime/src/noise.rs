@@ -29,6 +29,8 @@ pub enum NoiseError {
     Io(#[from] std::io::Error),
     #[error("connection closed by peer")]
     Eof,
+    #[error("bad framing: {0}")]
+    Protocol(String),
 }
 
 fn builder() -> snow::Builder<'static> {

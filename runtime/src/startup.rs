@@ -12,6 +12,7 @@ use mynet_storage::{FjallLog, Journaled, keyfile};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::content::Store;
 use crate::datadir::{self, DataDir};
 use crate::driver::{self, Clock, Driver, Facts};
 use crate::transport::{NET_EVENTS_MAX, Transport};
@@ -67,9 +68,11 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
 
     let (net_tx, net_rx) = mpsc::channel(NET_EVENTS_MAX);
     let (api_tx, api_rx) = mpsc::channel(64);
+    let (store_tx, store_rx) = mpsc::unbounded_channel();
+    let store = phase(Phase::Configuration, Store::open(&dir.store_path(), store_tx.clone()))?;
     let transport = Transport::new(net_tx, Duration::from_millis(config.handshake_timeout_ms));
     let _listener_task = transport.spawn_listener(listener);
-    let _api_task = tokio::spawn(api::serve(api_listener, token, api_tx));
+    let _api_task = tokio::spawn(api::serve(api_listener, token, api_tx, store.shared()));
 
     let mut clock = Clock::starting_after(None);
     let mut outputs = Vec::new();
@@ -99,8 +102,8 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
     }
     let facts =
         Facts { listen_addr, api_addr, data_dir: dir.root().display().to_string(), startup_time_ms: driver::wall_ms() };
-    let node = phase(Phase::Bootstrap, Driver::new(journal, clock, transport, facts, outputs))?;
-    let result = node.run(net_rx, api_rx, shutdown_signal()).await;
+    let node = phase(Phase::Bootstrap, Driver::new(journal, clock, transport, facts, outputs, store, store_tx))?;
+    let result = node.run(net_rx, api_rx, store_rx, shutdown_signal()).await;
     let _ = std::fs::remove_file(dir.api_addr_path());
     result.map_err(|(phase, cause)| StartupError { phase, cause })
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mynet_core::ConnId;
+use mynet_core::content::stream::{Part, Splitter, piece_hash};
 use mynet_core::handshake::Binding;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -22,6 +23,8 @@ use crate::noise::{self, NoiseError};
 
 /// Frames queued for one connection's writer before the connection counts as stuck.
 pub const WRITE_QUEUE_MAX: usize = 256;
+/// Pieces (1 MiB each) queued for one connection's writer.
+pub const PIECES_QUEUED_MAX: usize = 4;
 /// Events queued from all connections to the driver (back-pressure on readers).
 pub const NET_EVENTS_MAX: usize = 1024;
 /// Received messages of one connection waiting for the driver; its reader waits for a credit
@@ -36,10 +39,20 @@ pub const CLOSE_DRAIN_MAX: Duration = Duration::from_secs(2);
 pub enum NetEvent {
     /// A TCP connection arrived; the node decides whether to accept it.
     Incoming { conn: ConnId, addr: SocketAddr, stream: TcpStream },
-    /// The Noise handshake finished; frames for the peer go to `writer`.
-    Secured { conn: ConnId, binding: Binding, writer: mpsc::Sender<Vec<u8>> },
-    /// Decrypted bytes; dropping `credit` lets the connection's reader read on.
+    /// The Noise handshake finished; frames for the peer go to `writer`, pieces served to it
+    /// to `pieces` (a short queue of its own: at most [`PIECES_QUEUED_MAX`] MiB waiting).
+    Secured { conn: ConnId, binding: Binding, writer: mpsc::Sender<Vec<u8>>, pieces: mpsc::Sender<Vec<u8>> },
+    /// Decrypted control frames; dropping `credit` lets the connection's reader read on.
     Received { conn: ConnId, bytes: Vec<u8>, credit: OwnedSemaphorePermit },
+    /// A whole piece split out of the stream and hashed on this connection's task.
+    Piece {
+        conn: ConnId,
+        request: mynet_core::RequestId,
+        header: mynet_core::content::proto::PieceHeader,
+        hash: [u8; 32],
+        data: Vec<u8>,
+        credit: OwnedSemaphorePermit,
+    },
     /// The connection ended (dial failure, handshake failure, EOF, I/O error).
     Closed { conn: ConnId, reason: String },
 }
@@ -126,7 +139,9 @@ impl Transport {
             Err(_) => return self.closed(conn, "noise handshake timed out".into()).await,
         };
         let (writer_tx, mut writer_rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE_MAX);
-        if self.events.send(NetEvent::Secured { conn, binding: Binding(binding), writer: writer_tx }).await.is_err() {
+        let (pieces_tx, mut pieces_rx) = mpsc::channel::<Vec<u8>>(PIECES_QUEUED_MAX);
+        let secured = NetEvent::Secured { conn, binding: Binding(binding), writer: writer_tx, pieces: pieces_tx };
+        if self.events.send(secured).await.is_err() {
             return;
         }
         let transport = Arc::new(transport);
@@ -134,8 +149,22 @@ impl Transport {
         let read_side = self.read_side(conn, reader, transport.clone());
         let write_side = async move {
             let mut nonce = 0u64;
-            while let Some(frame) = writer_rx.recv().await {
+            loop {
+                // Control frames first; pieces when no frame waits.
+                let frame = tokio::select! {
+                    biased;
+                    frame = writer_rx.recv() => match frame {
+                        Some(frame) => frame,
+                        None => break,
+                    },
+                    Some(piece) = pieces_rx.recv() => piece,
+                };
                 let sealed = noise::seal_chunks(&transport, &mut nonce, &frame)?;
+                writer.write_all(&sealed).await?;
+            }
+            // Pieces already queued still go out.
+            while let Ok(piece) = pieces_rx.try_recv() {
+                let sealed = noise::seal_chunks(&transport, &mut nonce, &piece)?;
                 writer.write_all(&sealed).await?;
             }
             // The driver closed the connection and everything queued went out.
@@ -167,13 +196,27 @@ impl Transport {
     ) -> Result<(), NoiseError> {
         let credits = Arc::new(Semaphore::new(CONN_EVENTS_MAX));
         let mut nonce = 0u64;
+        // Pieces come out of the stream here (hashed on this task, in parallel with the node);
+        // the node gets control frames as bytes and each piece as one event.
+        let mut splitter = Splitter::default();
+        let mut parts = Vec::new();
         loop {
-            let Ok(credit) = credits.clone().acquire_owned().await else { return Ok(()) };
             let msg = noise::read_msg(&mut reader).await?;
             let bytes = noise::open(&transport, nonce, &msg)?;
             nonce += 1;
-            if self.events.send(NetEvent::Received { conn, bytes, credit }).await.is_err() {
-                return Ok(());
+            splitter.push(&bytes, &mut parts).map_err(|e| NoiseError::Protocol(e.to_string()))?;
+            for part in parts.drain(..) {
+                let Ok(credit) = credits.clone().acquire_owned().await else { return Ok(()) };
+                let event = match part {
+                    Part::Frames(bytes) => NetEvent::Received { conn, bytes, credit },
+                    Part::Piece { id, header, data } => {
+                        let hash = piece_hash(&header, &data);
+                        NetEvent::Piece { conn, request: id, header, hash, data, credit }
+                    }
+                };
+                if self.events.send(event).await.is_err() {
+                    return Ok(());
+                }
             }
         }
     }
@@ -212,8 +255,9 @@ mod tests {
         let (mut stream, channel, _task, _writer) = secured_pair(&transport, &mut events).await;
         let mut nonce = 0;
         let mut sealed = Vec::new();
+        let frame = [0, 0, 0, 1, 42];
         for _ in 0..3 * CONN_EVENTS_MAX {
-            sealed.extend(noise::seal_chunks(&channel, &mut nonce, b"hello").expect("seal"));
+            sealed.extend(noise::seal_chunks(&channel, &mut nonce, &frame).expect("seal"));
         }
         stream.write_all(&sealed).await.expect("send");
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -18,6 +18,8 @@ pub enum Violation {
     RestartFailed(String),
     /// A restarted node's state differs from what its durable log implies.
     LogDisagrees(String),
+    /// A node stored (or counts as held) a piece that was not verified or is not durable.
+    UnverifiedPiece(String),
 }
 
 impl fmt::Display for Violation {
@@ -30,6 +32,7 @@ impl fmt::Display for Violation {
             Violation::Storage(e) => write!(f, "storage: {e}"),
             Violation::RestartFailed(e) => write!(f, "restart failed: {e}"),
             Violation::LogDisagrees(e) => write!(f, "restarted node disagrees with its durable log: {e}"),
+            Violation::UnverifiedPiece(e) => write!(f, "unverified or non-durable piece: {e}"),
         }
     }
 }
@@ -52,6 +55,13 @@ pub enum LivenessFailure {
     },
     /// The honest nodes' peer graph is not connected.
     Disconnected,
+    /// A replicating node does not hold an item that was added.
+    ContentMissing {
+        node: usize,
+        item: String,
+        held: u64,
+        pieces: u64,
+    },
 }
 
 impl fmt::Display for LivenessFailure {
@@ -63,6 +73,9 @@ impl fmt::Display for LivenessFailure {
                 write!(f, "node {node} has {peers} peers ({honest} honest), target {target}")
             }
             LivenessFailure::Disconnected => f.write_str("the honest nodes' peer graph is not connected"),
+            LivenessFailure::ContentMissing { node, item, held, pieces } => {
+                write!(f, "node {node} holds {held} of {pieces} pieces of item {item}")
+            }
         }
     }
 }

@@ -29,8 +29,10 @@ pub const PAGES_MAX: u64 = 1900;
 pub const SIZE_MAX: u64 = PAGE_LEN * PAGES_MAX;
 
 /// A content id: the BLAKE3 hash of the content's bytes. Shown as 64 hex characters.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContentId(pub [u8; 32]);
+
+crate::hex_serde!(ContentId);
 
 impl ContentId {
     /// The id of `bytes` (for whole files in tests and small inputs; stores hash streaming).

@@ -323,6 +323,16 @@ impl Describer {
             }
             Input::Restart { rng_seed, .. } => format!("seed {rng_seed}"),
             Input::Tick | Input::Shutdown => String::new(),
+            Input::Piece { conn, request, header, hash, .. } => {
+                mentions.conns.push(*conn);
+                let hash = mynet_core::hex::encode(&hash[..8]);
+                format!("{conn} piece {} of {} (request {request}, hash {hash}..)", header.index, header.id)
+            }
+            Input::Stored { pieces } => describe_pieces("durable", pieces),
+            Input::StoreFailed { pieces, error } => format!("{}: {error}", describe_pieces("failed", pieces)),
+            Input::Added { id, size } => format!("{id} ({size} bytes)"),
+            Input::Want { id } | Input::Remove { id } => id.to_string(),
+            Input::Damaged { piece } => format!("piece {} of {}", piece.index, piece.id),
         }
     }
 
@@ -374,6 +384,14 @@ impl Describer {
                 event_mentions(event, mentions);
                 format!("event: {event}")
             }
+            Output::StorePiece { piece, .. } => format!("store piece {} of {}", piece.index, piece.id),
+            Output::StoreHead { id, size, cvs } => format!("store head of {id} ({size} bytes, {} entries)", cvs.len()),
+            Output::StorePage { id, page, .. } => format!("store page {page} of {id}"),
+            Output::Serve { conn, request, what } => {
+                mentions.conns.push(*conn);
+                format!("serve {what:?} on {conn} (request {request})")
+            }
+            Output::DeleteItem { id } => format!("delete {id}"),
         }
     }
 
@@ -403,6 +421,12 @@ impl Describer {
             }
         }
     }
+}
+
+fn describe_pieces(what: &str, pieces: &[mynet_core::content::PieceRef]) -> String {
+    let listed: Vec<String> = pieces.iter().take(4).map(|p| format!("{}#{}", p.id, p.index)).collect();
+    let more = if pieces.len() > 4 { format!(" +{} more", pieces.len() - 4) } else { String::new() };
+    format!("{} {what}: {}{more}", pieces.len(), listed.join(", "))
 }
 
 /// Describes the frames of a `Send` output (always whole frames).
@@ -461,6 +485,18 @@ fn describe_message(message: &Message, mentions: &mut Mentions) -> String {
             ),
             discovery::Response::Peers(peers) => format!("{} {id}", list_peers(peers, mentions)),
         },
+        Message::Request { id, body: Request::Content(request) } => format!("{} {id}: {request:?}", request.kind()),
+        Message::Response { id, body: Response::Content(response) } => match response {
+            mynet_core::content::proto::Response::Listing { items, more } => {
+                format!("listing {id}: {} items{}", items.len(), if *more { ", more" } else { "" })
+            }
+            mynet_core::content::proto::Response::Head { size, cvs } => {
+                format!("head {id}: {size} bytes, {} entries", cvs.len())
+            }
+            mynet_core::content::proto::Response::Page { cvs } => format!("page {id}: {} entries", cvs.len()),
+            other => format!("{} {id}", other.kind()),
+        },
+        Message::Piece { id, header } => format!("piece {id}: {} of {}", header.index, header.id),
     }
 }
 

@@ -4,9 +4,12 @@
 //! honest nodes (start, inputs, safety checks, crashes and restarts); `network.rs` the links
 //! and the misbehaving peers; `report.rs` liveness, observation and the summary.
 
+mod content;
 mod network;
 mod nodes;
 mod report;
+
+pub use content::{ContentFault, ContentSummary, SimItem};
 
 use report::EVENT_KINDS;
 pub use report::{TraceEvent, first_divergence, is_connected};
@@ -66,6 +69,8 @@ pub struct SimConfig {
     pub heal_fraction: f64,
     /// Record a per-event digest so two runs can be compared event by event.
     pub record_trace: bool,
+    /// Items added at random nodes during the run (`--content N`).
+    pub content: usize,
 }
 
 impl SimConfig {
@@ -81,6 +86,7 @@ impl SimConfig {
             faults: FaultProfile::named("none", seed).unwrap_or_default(),
             heal_fraction: 0.6,
             record_trace: false,
+            content: 0,
         }
     }
 
@@ -92,8 +98,9 @@ impl SimConfig {
 
     /// The command line that reproduces this run.
     pub fn command(&self) -> String {
+        let content = if self.content > 0 { format!(" --content {}", self.content) } else { String::new() };
         format!(
-            "mynet sim --seed {} --nodes {} --duration {}ms --faults {}",
+            "mynet sim --seed {} --nodes {} --duration {}ms --faults {}{content}",
             self.seed, self.nodes, self.duration_ms, self.faults.name
         )
     }
@@ -161,6 +168,8 @@ pub struct Summary {
     pub faults_injected: FaultCounts,
     /// The request layer, summed over the honest nodes running at the end.
     pub requests: mynet_core::request::RequestCounters,
+    /// The content workload (`--content`).
+    pub content: ContentSummary,
 }
 
 #[derive(Clone, Debug)]
@@ -178,6 +187,9 @@ enum Ev {
     HealClocks,
     ClockJump(usize),
     Attack(usize),
+    AddItem(usize),
+    StoreDone { node: usize, epoch: u32, piece: mynet_core::content::PieceRef },
+    Piece { to: End, request: mynet_core::RequestId, header: mynet_core::content::proto::PieceHeader, hash: [u8; 32] },
 }
 
 impl Ev {
@@ -196,6 +208,9 @@ impl Ev {
             Ev::HealClocks => (12, 0, 0),
             Ev::ClockJump(n) => (10, *n, 0),
             Ev::Attack(n) => (11, *n, 0),
+            Ev::AddItem(i) => (13, *i, 0),
+            Ev::StoreDone { node, piece, .. } => (14, *node, piece.index),
+            Ev::Piece { to, .. } => (15, to.0, to.2.0),
         }
     }
 }
@@ -241,6 +256,12 @@ struct Honest {
     established: BTreeSet<ConnId>,
     dialled_at: BTreeMap<ConnId, u64>,
     restart_pending: bool,
+    /// The node's content store (durable: survives crashes).
+    store: content::SimStore,
+    /// A misbehaving content server (`--faults` with adversaries).
+    content_fault: Option<ContentFault>,
+    /// The piece being delivered in this step and whether it is genuine.
+    last_piece: Option<(mynet_core::content::PieceRef, bool)>,
 }
 
 struct SimNode {
@@ -297,6 +318,7 @@ pub struct World {
     to_target: Durations,
     wall_started: Instant,
     outputs: Vec<Output>,
+    content: content::Workload,
 }
 
 impl World {
@@ -330,6 +352,9 @@ impl World {
                 established: BTreeSet::new(),
                 dialled_at: BTreeMap::new(),
                 restart_pending: false,
+                store: content::SimStore::default(),
+                content_fault: None,
+                last_piece: None,
             };
             let node = World::sim_node(&mut rng, &profile, identity, addr, Actor::Honest(Box::new(honest)));
             nodes.push(node);
@@ -373,6 +398,7 @@ impl World {
             to_target: Durations::default(),
             wall_started: Instant::now(),
             outputs: Vec::new(),
+            content: content::Workload::default(),
         };
         world.schedule_faults();
         world
@@ -432,12 +458,14 @@ impl World {
         if profile.clock_jump_every_ms > 0 {
             self.schedule(self.config.heal_at_us(), Ev::HealClocks);
         }
+        self.schedule_content();
     }
 
     /// Runs until the configured duration, then checks liveness.
     pub fn run(&mut self) -> Result<(), SimError> {
         self.run_until(self.config.duration_ms * 1000)?;
-        self.check_liveness()
+        self.check_liveness()?;
+        self.check_content()
     }
 
     /// Processes every event up to simulated time `until_us`.
@@ -512,6 +540,9 @@ impl World {
                 self.attack(n);
                 Ok(())
             }
+            Ev::AddItem(i) => self.add_item(i),
+            Ev::StoreDone { node, epoch, piece } => self.store_done(node, epoch, piece),
+            Ev::Piece { to, request, header, hash } => self.piece_arrives(to, request, header, hash),
         }
     }
 

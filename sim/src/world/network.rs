@@ -16,6 +16,7 @@ impl World {
             Output::Send { conn, bytes } => self.send(self.end(n, conn), bytes),
             Output::Close { conn } => self.close(self.end(n, conn)),
             Output::Event(_) => {}
+            content => self.apply_content(n, content),
         }
     }
 

@@ -94,6 +94,7 @@ impl World {
 
     /// Per-output safety checks and statistics.
     pub(super) fn observe(&mut self, n: usize, output: &Output) -> Result<(), SimError> {
+        self.observe_content(n, output)?;
         let now = self.now_us;
         let Some(h) = self.honest_mut(n) else { return Ok(()) };
         match output {
@@ -248,6 +249,7 @@ impl World {
             h.journaled = Some(journaled);
             h.last_sync_us = now;
         }
+        self.check_held_durable(n)?;
         self.after_step(n, outputs)
     }
 

@@ -133,6 +133,7 @@ impl World {
             faults: self.config.faults.clone(),
             faults_injected: self.counts.clone(),
             requests,
+            content: self.content_summary(),
         }
     }
 }
@@ -175,7 +176,7 @@ impl std::fmt::Display for TraceEvent {
     }
 }
 
-pub(super) const EVENT_KINDS: [&str; 13] = [
+pub(super) const EVENT_KINDS: [&str; 16] = [
     "start",
     "timer",
     "connect",
@@ -189,6 +190,9 @@ pub(super) const EVENT_KINDS: [&str; 13] = [
     "clock_jump",
     "attack",
     "heal_clocks",
+    "add_item",
+    "store_done",
+    "piece",
 ];
 
 /// The first event index at which two recorded traces differ.

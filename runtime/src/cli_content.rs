@@ -1,0 +1,287 @@
+//! `mynet add`, `get`, `ls`, `rm`, `verify`: content commands over the local API.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::datadir::DataDir;
+
+/// How often `mynet get` looks at the transfer.
+const POLL: Duration = Duration::from_millis(200);
+
+struct Api {
+    addr: SocketAddr,
+    token: String,
+}
+
+impl Api {
+    fn new(dir: &DataDir) -> Result<Api> {
+        let addr_path = dir.api_addr_path();
+        let text = std::fs::read_to_string(&addr_path).with_context(|| {
+            format!("no running node found for data dir {} (start one with `mynet run`)", dir.root().display())
+        })?;
+        let addr = text.trim().parse().with_context(|| format!("{} is not an address", addr_path.display()))?;
+        let token = std::fs::read_to_string(dir.api_token_path()).context("cannot read the API token")?;
+        Ok(Api { addr, token: token.trim().to_string() })
+    }
+
+    /// Sends a request (with an optional body of `len` bytes from `body`); returns the status,
+    /// the headers' content length and the response stream positioned at the body.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(u64, &mut dyn Read, &mut dyn FnMut(u64))>,
+    ) -> Result<(u16, Option<u64>, BufReader<TcpStream>)> {
+        let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(3))
+            .with_context(|| format!("cannot reach the node's API at {}; is the node running?", self.addr))?;
+        let len = body.as_ref().map_or(0, |b| b.0);
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n",
+            self.addr, self.token
+        )?;
+        if let Some((_, reader, progress)) = body {
+            let mut buf = vec![0u8; 1 << 20];
+            let mut sent = 0;
+            loop {
+                let n = reader.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                stream.write_all(&buf[..n]).context("the node closed the upload")?;
+                sent += n as u64;
+                progress(sent);
+            }
+        }
+        let mut reader = BufReader::new(stream);
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line)?;
+        let status = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().ok();
+            }
+        }
+        Ok((status, length, reader))
+    }
+
+    fn json(&self, method: &str, path: &str) -> Result<Value> {
+        let (status, _, mut reader) = self.send(method, path, None)?;
+        let mut body = String::new();
+        reader.read_to_string(&mut body)?;
+        if status != 200 {
+            bail!("{}", error_text(status, &body));
+        }
+        serde_json::from_str(&body).context("API returned invalid JSON")
+    }
+}
+
+fn error_text(status: u16, body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    match parsed.as_ref().and_then(|v| v["error"].as_str()) {
+        Some(error) => error.to_string(),
+        None => format!("API answered {status}: {body}"),
+    }
+}
+
+/// A progress line on stderr (bytes, rate, ETA) when stderr is a terminal; silent otherwise.
+struct Progress {
+    total: u64,
+    started: Instant,
+    shown: Option<Instant>,
+    on: bool,
+    what: &'static str,
+}
+
+impl Progress {
+    fn new(what: &'static str, total: u64) -> Progress {
+        Progress { total, started: Instant::now(), shown: None, on: std::io::stderr().is_terminal(), what }
+    }
+
+    fn update(&mut self, done: u64) {
+        if !self.on || self.shown.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        self.shown = Some(Instant::now());
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        let eta = if rate > 0.0 { (self.total.saturating_sub(done)) as f64 / rate } else { 0.0 };
+        let pct = if self.total > 0 { done as f64 * 100.0 / self.total as f64 } else { 100.0 };
+        eprint!(
+            "\r{} {} / {} ({pct:.0}%)  {}/s  ETA {eta:.0}s   ",
+            self.what,
+            human(done),
+            human(self.total),
+            human(rate as u64)
+        );
+    }
+
+    fn done(&mut self) {
+        if self.on {
+            self.shown = None;
+            self.update(self.total);
+            eprintln!(" done");
+        }
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+/// `mynet add FILE`: streams the file to the node; prints its content id.
+pub fn add(dir: &DataDir, file: &Path, json: bool) -> Result<()> {
+    let api = Api::new(dir)?;
+    let mut input = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let len = input.metadata()?.len();
+    let mut progress = Progress::new("adding", len);
+    let mut report = |sent: u64| progress.update(sent);
+    let (status, _, mut reader) = api.send("POST", "/content", Some((len, &mut input, &mut report)))?;
+    let mut body = String::new();
+    reader.read_to_string(&mut body)?;
+    if status != 200 {
+        bail!("{}", error_text(status, &body));
+    }
+    progress.done();
+    let added: Value = serde_json::from_str(&body).context("API returned invalid JSON")?;
+    if json {
+        println!("{}", serde_json::json!({"id": added["id"], "size": added["size"], "pieces": added["pieces"]}));
+    } else {
+        println!("{}", added["id"].as_str().unwrap_or_default());
+    }
+    Ok(())
+}
+
+/// `mynet get ID [-o FILE]`: fetches the item if it is not held (resuming from the pieces
+/// the node holds), then writes it out.
+pub fn get(dir: &DataDir, id: &str, out: Option<PathBuf>, timeout: Duration) -> Result<()> {
+    mynet_core::content::ContentId::from_hex(id).map_err(|e| anyhow!("{id:?} is not a content id: {e}"))?;
+    let api = Api::new(dir)?;
+    let mut item = api.json("POST", &format!("/content/{id}/want"))?;
+    let started = Instant::now();
+    let mut progress: Option<Progress> = None;
+    while item["state"] != "complete" {
+        let (size, held, pieces) = (
+            item["size"].as_u64().unwrap_or(0),
+            item["pieces_held"].as_u64().unwrap_or(0),
+            item["pieces"].as_u64().unwrap_or(1),
+        );
+        if size > 0 {
+            let bar = progress.get_or_insert_with(|| Progress::new("fetching", size));
+            bar.update((held * mynet_core::content::PIECE_LEN).min(size));
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "item {id} not complete after {}s ({held} of {pieces} pieces held); run `mynet get` again to resume",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(POLL);
+        item = match api.json("GET", &format!("/content/{id}")) {
+            Ok(item) => item,
+            Err(err) => {
+                // The transfer ended without the item (no peer holds it): say so.
+                let status = api.json("GET", "/status")?;
+                if status["sync"]["active_transfers"] == 0 && status["sync"]["queue"] == 0 {
+                    bail!("item {id} is not held by this node or any connected peer ({err})");
+                }
+                serde_json::json!({"state": "queued"})
+            }
+        };
+    }
+    if let Some(bar) = progress.as_mut() {
+        bar.done();
+    }
+    let (status, length, mut reader) = api.send("GET", &format!("/content/{id}/data"), None)?;
+    if status != 200 {
+        let mut body = String::new();
+        reader.read_to_string(&mut body)?;
+        bail!("{}", error_text(status, &body));
+    }
+    let expected = length.unwrap_or(0);
+    let written = match &out {
+        Some(path) => {
+            let tmp = path.with_extension("mynet-partial");
+            let mut file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+            let n = std::io::copy(&mut reader, &mut file)?;
+            file.sync_all()?;
+            if n != expected {
+                bail!("the node sent {n} of {expected} bytes (a piece may be damaged; see `mynet verify`)");
+            }
+            std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+            n
+        }
+        None => std::io::copy(&mut reader, &mut std::io::stdout().lock())?,
+    };
+    if written != expected {
+        bail!("the node sent {written} of {expected} bytes");
+    }
+    Ok(())
+}
+
+/// `mynet ls`.
+pub fn ls(dir: &DataDir, json: bool) -> Result<()> {
+    let items = Api::new(dir)?.json("GET", "/content")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(());
+    }
+    println!("{:<64}  {:>12}  {:>13}  STATE", "ID", "SIZE", "PIECES");
+    for item in items.as_array().cloned().unwrap_or_default() {
+        println!(
+            "{:<64}  {:>12}  {:>13}  {}",
+            item["id"].as_str().unwrap_or("?"),
+            human(item["size"].as_u64().unwrap_or(0)),
+            format!("{}/{}", item["pieces_held"], item["pieces"]),
+            item["state"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+/// `mynet rm ID`.
+pub fn rm(dir: &DataDir, id: &str) -> Result<()> {
+    mynet_core::content::ContentId::from_hex(id).map_err(|e| anyhow!("{id:?} is not a content id: {e}"))?;
+    Api::new(dir)?.json("DELETE", &format!("/content/{id}"))?;
+    Ok(())
+}
+
+/// `mynet verify`: re-hashes every held piece; damaged ones are dropped and fetched again.
+pub fn verify(dir: &DataDir, json: bool) -> Result<()> {
+    let report = Api::new(dir)?.json("POST", "/verify")?;
+    if json {
+        println!("{report}");
+    } else {
+        let damaged = report["damaged"].as_array().map_or(0, Vec::len);
+        println!(
+            "{} items, {} pieces ({}) checked, {damaged} damaged",
+            report["items"],
+            report["pieces_checked"],
+            human(report["bytes_checked"].as_u64().unwrap_or(0))
+        );
+    }
+    if report["damaged"].as_array().is_some_and(|d| !d.is_empty()) {
+        bail!("damaged pieces were dropped; the node fetches them again from its peers");
+    }
+    Ok(())
+}
