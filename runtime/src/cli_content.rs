@@ -14,6 +14,9 @@ use crate::datadir::DataDir;
 /// How often `mynet get` looks at the transfer.
 const POLL: Duration = Duration::from_millis(200);
 
+/// A request body: its length, where it comes from, and a progress callback.
+type Upload<'a> = (u64, &'a mut dyn Read, &'a mut dyn FnMut(u64));
+
 struct Api {
     addr: SocketAddr,
     token: String,
@@ -36,7 +39,7 @@ impl Api {
         &self,
         method: &str,
         path: &str,
-        body: Option<(u64, &mut dyn Read, &mut dyn FnMut(u64))>,
+        body: Option<Upload<'_>>,
     ) -> Result<(u16, Option<u64>, BufReader<TcpStream>)> {
         let mut stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(3))
             .with_context(|| format!("cannot reach the node's API at {}; is the node running?", self.addr))?;

@@ -227,7 +227,8 @@ pub struct ItemStatus {
     pub size: u64,
     pub pieces: u64,
     pub pieces_held: u64,
-    /// `complete`, `partial` (fetching or interrupted), `queued`.
+    /// `complete`, `partial` (fetching or interrupted), `queued`, `fetching` (metadata not
+    /// found yet).
     pub state: &'static str,
 }
 
@@ -327,6 +328,12 @@ impl Content {
             let size = self.remote.get(id).map_or(0, |r| r.size);
             let pieces = Layout { size }.pieces();
             out.push(ItemStatus { id: *id, size, pieces, pieces_held: 0, state: "queued" });
+        }
+        // Transfers still looking for the item's metadata.
+        for (id, t) in self.active.iter().filter(|(id, _)| !self.items.contains_key(id)) {
+            let size = t.layout.map_or(0, |l| l.size);
+            let pieces = Layout { size }.pieces();
+            out.push(ItemStatus { id: *id, size, pieces, pieces_held: 0, state: "fetching" });
         }
         out.sort_by_key(|i| i.id);
         out
@@ -1100,9 +1107,9 @@ impl Content {
                     t.head_asked.insert(conn);
                     t.head_pending = Some(conn);
                     self.asked.insert((conn, request), Asked::Head(id));
-                } else if next.is_none() && !t.head_asked.is_empty() {
-                    // Everyone we could ask said no or failed.
-                    t.sources.clear();
+                } else if next.is_none() {
+                    // Everyone we could ask said no or failed: nobody connected holds it.
+                    return self.fail(cx, id, TransferFailure::NoSource);
                 }
             }
             return self.arm(cx);
@@ -1130,11 +1137,13 @@ impl Content {
                 Avail::Page { page, at, .. } => *page != low_page || now.ms_since(*at) >= HAVE_REFRESH_MS,
                 _ => false,
             };
-            if stale && source.pieces == 0 && low_page < layout.pages() {
-                if let Ok(request) = cx.request(conn, wrap(Request::Have { id, page: low_page }), Origin::Content, 0) {
-                    source.avail = Avail::Asking;
-                    self.asked.insert((conn, request), Asked::Have(id, low_page));
-                }
+            if stale
+                && source.pieces == 0
+                && low_page < layout.pages()
+                && let Ok(request) = cx.request(conn, wrap(Request::Have { id, page: low_page }), Origin::Content, 0)
+            {
+                source.avail = Avail::Asking;
+                self.asked.insert((conn, request), Asked::Have(id, low_page));
             }
             let rate = self.peers.get(&conn).map_or(0, |p| p.rate);
             let depth = pipeline_depth(rate);
