@@ -328,8 +328,17 @@ fn established_peer() -> (Node, ConnId, Identity, Vec<Output>) {
     let binding = Binding([5; 32]);
     open(&mut node, conn, peer_addr(2), binding);
     node.handle(at(2), Input::Received { conn, bytes: hello_from(&peer, binding, "mynet-dev", "1.0.0", WALL) });
-    let outputs = drain(&mut node);
+    let mut outputs = drain(&mut node);
     assert_eq!(node.peer_ids(), vec![peer.node_id()]);
+    // The content protocol asks every new peer for its listing; this peer holds nothing.
+    for (id, kind) in requests_sent(&outputs, conn) {
+        if kind == Kind::List {
+            let listing = mynet_core::content::proto::Response::Listing { items: Vec::new(), more: false };
+            let bytes = frame(&Message::Response { id, body: Response::Content(listing) });
+            node.handle(at(3), Input::Received { conn, bytes });
+            outputs.extend(drain(&mut node));
+        }
+    }
     (node, conn, peer, outputs)
 }
 
@@ -538,13 +547,23 @@ fn start_up_waits_in_peer_discovery_for_the_bootstrap_nodes_answers() {
     let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
     node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
     let asked = requests_sent(&drain(&mut node), conn);
-    assert_eq!(asked.iter().map(|(_, k)| *k).collect::<Vec<_>>(), vec![Kind::GetNetworkInfo, Kind::DiscoverPeers]);
+    // Discovery asks for network info and peers; content asks for the peer's listing.
+    assert_eq!(
+        asked.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
+        vec![Kind::GetNetworkInfo, Kind::DiscoverPeers, Kind::List]
+    );
     assert_eq!(node.phase(), Phase::PeerDiscovery, "waiting for the bootstrap node's answers");
     let info = Response::Discovery(discovery::Response::NetworkInfo(discovery::NetworkInfo::default()));
     node.handle(at(3), Input::Received { conn, bytes: frame(&Message::Response { id: asked[0].0, body: info }) });
     drain(&mut node);
     assert_eq!(node.phase(), Phase::PeerDiscovery, "one answer is still owed");
     node.handle(at(4), Input::Received { conn, bytes: peers_answer(asked[1].0, Vec::new()) });
+    drain(&mut node);
+    // Phase 7: the initial sync waits for the bootstrap node's content listing.
+    assert_eq!(node.phase(), Phase::InitialSync);
+    let listing = mynet_core::content::proto::Response::Listing { items: Vec::new(), more: false };
+    let bytes = frame(&Message::Response { id: asked[2].0, body: Response::Content(listing) });
+    node.handle(at(5), Input::Received { conn, bytes });
     let outputs = drain(&mut node);
     assert_eq!(node.phase(), Phase::Ready);
     assert!(outputs.contains(&Output::Event(Event::Initialized { peers: 1 })));

@@ -48,3 +48,26 @@ fn crashed_nodes_restart_from_their_durable_logs() {
     let restarts = world.summary().faults_injected.get("restart").copied().unwrap_or(0);
     assert!(restarts >= 5, "too few restarts to mean anything: {restarts}");
 }
+
+#[test]
+fn swarm_seeds_with_content_are_deterministic_and_every_item_replicates() {
+    for seed in [31, 32, 33] {
+        let run = || {
+            let mut config = SimConfig::new(seed, 30, 10 * 60_000).with_faults("swarm").expect("profile");
+            config.record_trace = true;
+            config.content = 20;
+            let mut world = World::new(config);
+            if let Err(err) = world.run() {
+                panic!("seed {seed} (swarm, --content 20): {err}");
+            }
+            world
+        };
+        let (a, b) = (run(), run());
+        if let Some(i) = first_divergence(a.trace_events(), b.trace_events()) {
+            panic!("seed {seed} with content: runs first differ at event {i}");
+        }
+        let (sa, sb) = (a.summary(), b.summary());
+        assert_eq!(sa.trace_hash, sb.trace_hash, "seed {seed}: final states differ");
+        assert_eq!(sa.content.replicas_complete, sa.content.replicas_expected, "seed {seed}: {:?}", sa.content);
+    }
+}

@@ -270,7 +270,13 @@ pub struct Content {
     bytes_stored: u64,
     initial: Option<Initial>,
     next_tick: Option<Mono>,
+    /// Items whose transfer found no source, asked again every [`RETRY_MS`].
+    retry: BTreeSet<ContentId>,
+    retry_at: Option<Mono>,
 }
+
+/// How often items whose transfer found no source are tried again.
+pub const RETRY_MS: u64 = 30_000;
 
 fn wrap(request: Request) -> wire::Request {
     wire::Request::Content(request)
@@ -370,7 +376,7 @@ impl Content {
 
     pub fn poll_timeout(&self) -> Option<Mono> {
         let initial = self.initial.as_ref().map(|i| i.deadline);
-        [self.next_tick, initial].into_iter().flatten().min()
+        [self.next_tick, initial, self.retry_at].into_iter().flatten().min()
     }
 
     pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
@@ -389,6 +395,15 @@ impl Content {
             let conns: Vec<ConnId> = self.peers.keys().copied().collect();
             for conn in conns {
                 self.flush_announcements(cx, conn);
+            }
+            self.start_transfers(cx);
+        }
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retry_at = None;
+            for id in std::mem::take(&mut self.retry) {
+                if !self.holds(&id) && !self.removed.contains(&id) {
+                    self.push_queue(id, false, true);
+                }
             }
             self.start_transfers(cx);
         }
@@ -491,10 +506,15 @@ impl Content {
         }
         self.initial = None;
         self.next_tick = None;
+        self.retry_at = None;
+        for id in std::mem::take(&mut self.retry) {
+            self.push_queue(id, false, true);
+        }
     }
 
     pub fn on_shutdown(&mut self) {
         self.next_tick = None;
+        self.retry_at = None;
         self.initial = None;
     }
 
@@ -950,6 +970,12 @@ impl Content {
                     t.sources.insert(*conn, Source { avail, pieces: 0 });
                 }
             }
+            // Peers that listed it before (a retry): ask them again.
+            for (conn, peer) in &self.peers {
+                if peer.holds.contains(&id) && !t.sources.contains_key(conn) {
+                    t.sources.insert(*conn, Source { avail: Avail::Unknown, pieces: 0 });
+                }
+            }
             if t.sources.is_empty() {
                 // Nobody told us they hold it (an operator's `get`): ask every peer for its head.
                 for conn in self.peers.keys() {
@@ -982,6 +1008,11 @@ impl Content {
         self.cancel_all(cx, &t);
         self.stats.failed_syncs += 1;
         cx.event(Event::TransferFailed { id, reason });
+        if reason == TransferFailure::NoSource && (t.wanted || cx.config.replicate == Replicate::All) {
+            // A holder may come back or turn up: try again later.
+            self.retry.insert(id);
+            self.retry_at.get_or_insert(cx.now.mono.plus_ms(RETRY_MS));
+        }
         self.start_transfers(cx);
         self.check_initial(cx);
     }

@@ -25,12 +25,18 @@ impl World {
             // Peers that completed a handshake and answer requests count, honest or not; the
             // honest graph must still be connected.
             let all_peers = node.peer_ids().len();
-            if all_peers < target {
+            // A node that served bad content is banned by its peers: that is the defence working.
+            let banned_server = self.honest(n).is_some_and(|h| h.content_fault.is_some());
+            if all_peers < target && !banned_server {
                 let failure = LivenessFailure::TooFewPeers { node: n, peers: all_peers, honest: peers.len(), target };
                 return fail(failure, Some(n));
             }
         }
-        if !is_connected(&graph[..self.honest]) {
+        let servers: Vec<usize> = (0..self.honest).filter(|n| self.replicates(*n)).collect();
+        let keep: BTreeMap<usize, usize> = servers.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let well_behaved: Vec<Vec<usize>> =
+            servers.iter().map(|n| graph[*n].iter().filter_map(|p| keep.get(p).copied()).collect()).collect();
+        if !is_connected(&well_behaved) {
             return fail(LivenessFailure::Disconnected, None);
         }
         Ok(())
