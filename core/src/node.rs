@@ -420,7 +420,8 @@ impl Node {
 
     /// The state as JSON, for `mynet replay --state`.
     pub fn state_json(&self) -> serde_json::Value {
-        serde_json::to_value(&self.state).unwrap_or(serde_json::Value::Null)
+        serde_json::to_value(&self.state)
+            .unwrap_or_else(|e| serde_json::json!({ "error": format!("state not representable as JSON: {e}") }))
     }
 
     /// The whole node (state, RNG, output hash) as bytes, for a snapshot. Call with the output

@@ -40,6 +40,7 @@ pub struct Penalty {
 /// Misbehaviour scores and the blacklist, bounded by [`OFFENDERS_MAX`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Penalties {
+    #[serde(with = "crate::id::map_as_pairs")]
     scores: BTreeMap<Offender, Penalty>,
 }
 

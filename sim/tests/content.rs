@@ -38,3 +38,29 @@ fn crashes_mid_transfer_keep_held_pieces_and_resume() {
     let c = &summary.content;
     assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
 }
+
+/// Regression (`--faults all --seed 1 --nodes 60 --content 30`): transfers whose only sources
+/// held nothing of the item waited forever while other peers had completed it. A stalled
+/// transfer now looks again among the peers that listed or announced the item, and one that
+/// makes no progress fails and is retried with every known holder.
+#[test]
+fn stalled_transfers_find_the_peers_that_completed_the_item() {
+    let summary = run(content(1, 60, 900_000, 30, "all")).unwrap_or_else(|e| panic!("{e}"));
+    let c = &summary.content;
+    assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
+    assert!(c.bad_pieces_caught > 0, "bad servers were present and caught: {c:?}");
+}
+
+/// Regression: the node state with penalties in it (an enum-keyed map) could not be shown as
+/// JSON, so `mynet replay --state` printed nothing.
+#[test]
+fn node_state_with_penalties_and_transfers_is_representable_as_json() {
+    let mut world = mynet_sim::World::new(content(21, 16, 240_000, 16, "byzantine"));
+    world.run().unwrap_or_else(|e| panic!("{e}"));
+    for n in 0..world.len() {
+        let Some(node) = world.node(n) else { continue };
+        let state = node.state_json();
+        assert!(state.get("error").is_none(), "node {n}: {state}");
+        assert!(state["content"]["items"].is_object(), "node {n}");
+    }
+}

@@ -51,7 +51,7 @@ fn crashed_nodes_restart_from_their_durable_logs() {
 
 #[test]
 fn swarm_seeds_with_content_are_deterministic_and_every_item_replicates() {
-    for seed in [31, 32, 33] {
+    for seed in [31, 32, 33, 34] {
         let run = || {
             let mut config = SimConfig::new(seed, 30, 10 * 60_000).with_faults("swarm").expect("profile");
             config.record_trace = true;

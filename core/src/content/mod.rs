@@ -55,6 +55,9 @@ pub const POINTS_BAD_DATA: u32 = 100;
 /// A transfer with no source and no progress for this long fails (it is queued again when a
 /// holder appears).
 pub const IDLE_MAX_MS: u64 = 30_000;
+/// A transfer without progress for this long looks again for sources among the peers that
+/// listed or announced the item.
+pub const STALL_MS: u64 = 10_000;
 /// A partial source's bitfield is asked again after this long.
 pub const HAVE_REFRESH_MS: u64 = 5_000;
 /// The module's housekeeping period while it has work.
@@ -255,6 +258,37 @@ impl Asked {
     }
 }
 
+/// Our requests by connection and id (nested, so the state stays representable as JSON).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct AskedTable(BTreeMap<ConnId, BTreeMap<RequestId, Asked>>);
+
+impl AskedTable {
+    fn insert(&mut self, conn: ConnId, request: RequestId, asked: Asked) {
+        self.0.entry(conn).or_default().insert(request, asked);
+    }
+
+    fn remove(&mut self, conn: ConnId, request: RequestId) -> Option<Asked> {
+        let on_conn = self.0.get_mut(&conn)?;
+        let asked = on_conn.remove(&request);
+        if on_conn.is_empty() {
+            self.0.remove(&conn);
+        }
+        asked
+    }
+
+    fn forget(&mut self, conn: ConnId) {
+        self.0.remove(&conn);
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (ConnId, RequestId, Asked)> + '_ {
+        self.0.iter().flat_map(|(c, m)| m.iter().map(move |(r, a)| (*c, *r, *a)))
+    }
+}
+
 /// The content module's state.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Content {
@@ -264,7 +298,7 @@ pub struct Content {
     queued: BTreeSet<ContentId>,
     active: BTreeMap<ContentId, Transfer>,
     peers: BTreeMap<ConnId, Peer>,
-    asked: BTreeMap<(ConnId, RequestId), Asked>,
+    asked: AskedTable,
     removed: VecDeque<ContentId>,
     stats: SyncStats,
     bytes_stored: u64,
@@ -386,9 +420,15 @@ impl Content {
             let ids: Vec<ContentId> = self.active.keys().copied().collect();
             for id in ids {
                 let Some(t) = self.active.get(&id) else { continue };
-                if t.sources.is_empty() && now.ms_since(t.progress) >= IDLE_MAX_MS {
+                let idle = now.ms_since(t.progress);
+                if idle >= IDLE_MAX_MS {
+                    // Nothing arrived for a long time: give up for now; the retry starts over
+                    // with every peer known to hold the item.
                     self.fail(cx, id, TransferFailure::NoSource);
                     continue;
+                }
+                if idle >= STALL_MS {
+                    self.refresh_sources(id);
                 }
                 self.pump(cx, id);
             }
@@ -478,11 +518,7 @@ impl Content {
                 }
             }
         }
-        let stale: Vec<(ConnId, RequestId)> =
-            self.asked.range((conn, RequestId(0))..).map(|(k, _)| *k).take_while(|k| k.0 == conn).collect();
-        for key in stale {
-            self.asked.remove(&key);
-        }
+        self.asked.forget(conn);
         let ids: Vec<ContentId> = self.active.keys().copied().collect();
         for id in ids {
             if let Some(t) = self.active.get_mut(&id) {
@@ -691,7 +727,7 @@ impl Content {
             }
             return self.flush_announcements(cx, conn);
         }
-        let Some(asked) = self.asked.remove(&(conn, pending.id)) else { return };
+        let Some(asked) = self.asked.remove(conn, pending.id) else { return };
         match (asked, response) {
             (Asked::Head(id), Response::Head { size, cvs }) => self.on_head(cx, conn, id, size, cvs),
             (Asked::Page(id, page), Response::Page { cvs }) => self.on_page(cx, conn, id, page, cvs),
@@ -737,7 +773,7 @@ impl Content {
             }
             return;
         }
-        let Some(asked) = self.asked.remove(&(conn, pending.id)) else { return };
+        let Some(asked) = self.asked.remove(conn, pending.id) else { return };
         if let Some(peer) = self.peers.get_mut(&conn) {
             peer.failures += 1;
         }
@@ -779,7 +815,7 @@ impl Content {
         hash: [u8; 32],
         data: PieceData,
     ) {
-        let Some(Asked::Piece(id, index)) = self.asked.remove(&(conn, pending.id)) else { return };
+        let Some(Asked::Piece(id, index)) = self.asked.remove(conn, pending.id) else { return };
         let Some(t) = self.active.get_mut(&id) else {
             self.stats.wasted_bytes += header.piece_len().unwrap_or(0);
             return;
@@ -818,7 +854,7 @@ impl Content {
         if let Some(copies) = t.in_flight.remove(&index) {
             for (c, r, _) in copies {
                 cx.requests.cancel(c, r);
-                self.asked.remove(&(c, r));
+                self.asked.remove(c, r);
                 if let Some(source) = t.sources.get_mut(&c) {
                     source.pieces = source.pieces.saturating_sub(1);
                 }
@@ -970,12 +1006,7 @@ impl Content {
                     t.sources.insert(*conn, Source { avail, pieces: 0 });
                 }
             }
-            // Peers that listed it before (a retry): ask them again.
-            for (conn, peer) in &self.peers {
-                if peer.holds.contains(&id) && !t.sources.contains_key(conn) {
-                    t.sources.insert(*conn, Source { avail: Avail::Unknown, pieces: 0 });
-                }
-            }
+
             if t.sources.is_empty() {
                 // Nobody told us they hold it (an operator's `get`): ask every peer for its head.
                 for conn in self.peers.keys() {
@@ -985,11 +1016,28 @@ impl Content {
             if let Some(item) = self.items.get(&id) {
                 t.low = item.held.next_clear(0).unwrap_or(item.layout().pieces());
             }
-            cx.event(Event::TransferStarted { id, sources: t.sources.len() as u32 });
             self.active.insert(id, t);
+            // Peers that listed it before (a retry): ask them again.
+            self.refresh_sources(id);
+            let sources = self.active.get(&id).map_or(0, |t| t.sources.len() as u32);
+            cx.event(Event::TransferStarted { id, sources });
             self.pump(cx, id);
         }
         self.arm(cx);
+    }
+
+    /// Adds as sources every connected peer that listed or announced the item.
+    fn refresh_sources(&mut self, id: ContentId) {
+        let Some(t) = self.active.get_mut(&id) else { return };
+        let holders = self.remote.get(&id).map(|r| &r.holders);
+        for (conn, peer) in &self.peers {
+            if !peer.holds.contains(&id) || t.sources.contains_key(conn) {
+                continue;
+            }
+            let complete = holders.and_then(|h| h.get(conn)).copied().unwrap_or(false);
+            let avail = if complete { Avail::All } else { Avail::Unknown };
+            t.sources.insert(*conn, Source { avail, pieces: 0 });
+        }
     }
 
     /// Bytes the running transfers will still add.
@@ -1019,9 +1067,9 @@ impl Content {
 
     fn cancel_all(&mut self, cx: &mut Cx<'_>, t: &Transfer) {
         let keys: Vec<(ConnId, RequestId)> =
-            self.asked.iter().filter(|(_, a)| a.item() == t.id).map(|(k, _)| *k).collect();
+            self.asked.iter().filter(|(_, _, a)| a.item() == t.id).map(|(c, r, _)| (c, r)).collect();
         for (conn, request) in keys {
-            self.asked.remove(&(conn, request));
+            self.asked.remove(conn, request);
             cx.requests.cancel(conn, request);
         }
     }
@@ -1137,7 +1185,7 @@ impl Content {
                 {
                     t.head_asked.insert(conn);
                     t.head_pending = Some(conn);
-                    self.asked.insert((conn, request), Asked::Head(id));
+                    self.asked.insert(conn, request, Asked::Head(id));
                 } else if next.is_none() {
                     // Everyone we could ask said no or failed: nobody connected holds it.
                     return self.fail(cx, id, TransferFailure::NoSource);
@@ -1156,7 +1204,7 @@ impl Content {
                 && let Ok(request) = cx.request(conn, wrap(Request::Page { id, page }), Origin::Content, 0)
             {
                 t.page_pending.insert(page, conn);
-                self.asked.insert((conn, request), Asked::Page(id, page));
+                self.asked.insert(conn, request, Asked::Page(id, page));
             }
         }
         let pieces = layout.pieces();
@@ -1174,7 +1222,7 @@ impl Content {
                 && let Ok(request) = cx.request(conn, wrap(Request::Have { id, page: low_page }), Origin::Content, 0)
             {
                 source.avail = Avail::Asking;
-                self.asked.insert((conn, request), Asked::Have(id, low_page));
+                self.asked.insert(conn, request, Asked::Have(id, low_page));
             }
             let rate = self.peers.get(&conn).map_or(0, |p| p.rate);
             let depth = pipeline_depth(rate);
@@ -1222,7 +1270,7 @@ impl Content {
                     piece_timeout(cx.config.handshake_timeout_ms, rate, source.pieces + 1, layout.piece_len(index));
                 let body = wrap(Request::Piece { id, index });
                 let Ok(request) = cx.request_within(conn, body, Origin::Content, index, timeout) else { break };
-                self.asked.insert((conn, request), Asked::Piece(id, index));
+                self.asked.insert(conn, request, Asked::Piece(id, index));
                 t.in_flight.entry(index).or_default().push((conn, request, now));
                 if let Some(source) = t.sources.get_mut(&conn) {
                     source.pieces += 1;

@@ -331,7 +331,12 @@ impl World {
         Ok(())
     }
 
+    /// Whether an item was added, at a node that serves it honestly (an item whose only
+    /// holder serves bad pieces or none cannot be expected anywhere else).
     fn added(&self, item: &SimItem) -> bool {
+        if self.honest(item.origin).is_some_and(|h| h.content_fault.is_some()) {
+            return false;
+        }
         self.honest(item.origin).is_some_and(|h| h.store.heads.contains(&item.id))
             || (0..self.honest).any(|n| self.node(n).is_some_and(|node| node.content().holds(&item.id)))
     }
