@@ -9,7 +9,6 @@ use std::thread::JoinHandle;
 
 use anyhow::{Context, Result};
 use mynet_core::content::proto::{self, PieceHeader};
-use mynet_core::content::stream::encode_piece;
 use mynet_core::content::{ContentId, PieceRef, Serve};
 use mynet_core::wire::{self, Message};
 use mynet_core::{ConnId, Input, RequestId};
@@ -195,15 +194,24 @@ fn read_answer(
             Ok(Some(cvs)) => (answer(proto::Response::Page { cvs }), false),
             _ => (answer(proto::Response::NotHeld), false),
         },
-        Serve::Piece { id, index, size } => match store.read_piece(id, index) {
-            Ok(data) => (encode_piece(request, PieceHeader { id, index, size }, &data), true),
-            Err(err) => {
-                if let ReadError::Damaged { .. } = err {
-                    tracing::warn!("{err}");
-                    let _ = inputs.send(Input::Damaged { piece: PieceRef { id, index } });
+        Serve::Piece { id, index, size } => {
+            // The header frame, then the piece read straight behind it (no copy).
+            let header = PieceHeader { id, index, size };
+            let mut bytes = match wire::encode_frame(&Message::Piece { id: request, header }) {
+                Ok(bytes) => bytes,
+                Err(err) => return (Err(err), false),
+            };
+            bytes.reserve(header.piece_len().unwrap_or(0) as usize);
+            match store.read_piece_into(id, index, &mut bytes) {
+                Ok(()) => (Ok(bytes), true),
+                Err(err) => {
+                    if let ReadError::Damaged { .. } = err {
+                        tracing::warn!("{err}");
+                        let _ = inputs.send(Input::Damaged { piece: PieceRef { id, index } });
+                    }
+                    (answer(proto::Response::NotHeld), false)
                 }
-                (answer(proto::Response::NotHeld), false)
             }
-        },
+        }
     }
 }

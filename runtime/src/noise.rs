@@ -106,15 +106,45 @@ pub fn seal_chunks(
     nonce: &mut u64,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, NoiseError> {
+    // Each chunk is encrypted straight into the output (no intermediate buffer).
     let mut out = Vec::with_capacity(plaintext.len() + 18 * (plaintext.len() / PLAINTEXT_MAX + 1));
-    let mut buf = vec![0u8; NOISE_MSG_MAX];
     for chunk in plaintext.chunks(PLAINTEXT_MAX) {
-        let n = transport.write_message(*nonce, chunk, &mut buf).map_err(|e| NoiseError::Decrypt(e.to_string()))?;
+        let at = out.len();
+        out.resize(at + 2 + chunk.len() + 16, 0);
+        let n = transport
+            .write_message(*nonce, chunk, &mut out[at + 2..])
+            .map_err(|e| NoiseError::Decrypt(e.to_string()))?;
         *nonce += 1;
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-        out.extend_from_slice(&buf[..n]);
+        out[at..at + 2].copy_from_slice(&(n as u16).to_be_bytes());
+        out.truncate(at + 2 + n);
     }
     Ok(out)
+}
+
+/// Reads one length-prefixed Noise message into `msg` (reused between calls).
+pub async fn read_msg_into<S: AsyncReadExt + Unpin>(stream: &mut S, msg: &mut Vec<u8>) -> Result<(), NoiseError> {
+    let mut len = [0u8; 2];
+    match stream.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => return Err(NoiseError::Eof),
+        Err(err) => return Err(err.into()),
+    }
+    msg.resize(usize::from(u16::from_be_bytes(len)), 0);
+    stream.read_exact(msg).await?;
+    Ok(())
+}
+
+/// Decrypts one transport message received with `nonce` into `out` (reused between calls).
+pub fn open_into(
+    transport: &StatelessTransportState,
+    nonce: u64,
+    msg: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), NoiseError> {
+    out.resize(msg.len(), 0);
+    let n = transport.read_message(nonce, msg, out).map_err(|e| NoiseError::Decrypt(e.to_string()))?;
+    out.truncate(n);
+    Ok(())
 }
 
 /// Decrypts one transport message received with `nonce`.

@@ -23,6 +23,8 @@ use crate::noise::{self, NoiseError};
 
 /// Frames queued for one connection's writer before the connection counts as stuck.
 pub const WRITE_QUEUE_MAX: usize = 256;
+/// Bytes a connection's reader takes from the socket at once.
+pub const READ_BUFFER: usize = 256 * 1024;
 /// Pieces (1 MiB each) queued for one connection's writer.
 pub const PIECES_QUEUED_MAX: usize = 4;
 /// Events queued from all connections to the driver (back-pressure on readers).
@@ -191,7 +193,7 @@ impl Transport {
     async fn read_side(
         &self,
         conn: ConnId,
-        mut reader: tokio::net::tcp::OwnedReadHalf,
+        reader: tokio::net::tcp::OwnedReadHalf,
         transport: Arc<snow::StatelessTransportState>,
     ) -> Result<(), NoiseError> {
         let credits = Arc::new(Semaphore::new(CONN_EVENTS_MAX));
@@ -200,9 +202,12 @@ impl Transport {
         // the node gets control frames as bytes and each piece as one event.
         let mut splitter = Splitter::default();
         let mut parts = Vec::new();
+        // Buffered reads (one syscall for many Noise messages) into buffers reused per message.
+        let mut reader = tokio::io::BufReader::with_capacity(READ_BUFFER, reader);
+        let (mut msg, mut bytes) = (Vec::new(), Vec::new());
         loop {
-            let msg = noise::read_msg(&mut reader).await?;
-            let bytes = noise::open(&transport, nonce, &msg)?;
+            noise::read_msg_into(&mut reader, &mut msg).await?;
+            noise::open_into(&transport, nonce, &msg, &mut bytes)?;
             nonce += 1;
             splitter.push(&bytes, &mut parts).map_err(|e| NoiseError::Protocol(e.to_string()))?;
             for part in parts.drain(..) {

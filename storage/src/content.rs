@@ -549,9 +549,17 @@ impl ContentStore {
         self.set_bits(&bits, true)
     }
 
-    /// Reads held piece `index` of `id` and re-verifies it. A piece that no longer matches its
-    /// chaining value loses its held bit (durably) and is reported as damaged.
+    /// Reads a held piece back and re-verifies it against its stored chaining value. A damaged
+    /// piece (changed, short or missing on disk) loses its held bit, durably, and is reported.
     pub fn read_piece(&self, id: ContentId, index: u64) -> Result<Vec<u8>, ReadError> {
+        let mut out = Vec::new();
+        self.read_piece_into(id, index, &mut out)?;
+        Ok(out)
+    }
+
+    /// Like [`ContentStore::read_piece`], appending the piece to `out` (so a caller can put a
+    /// header in front without copying the piece). On error `out` is left as it was.
+    pub fn read_piece_into(&self, id: ContentId, index: u64, out: &mut Vec<u8>) -> Result<(), ReadError> {
         let not_held = ReadError::NotHeld { id, index };
         let Some(item) = self.item(&id)? else { return Err(not_held) };
         if index >= item.layout.pieces() {
@@ -567,13 +575,13 @@ impl ContentStore {
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => return Err(io_error(&path, "open the data file")(e).into()),
         };
-        match self.check_piece(&id, &item, file.as_ref(), &path, index)? {
-            Some(bytes) => Ok(bytes),
-            None => {
-                self.set_bits(&[(id, index)], false)?;
-                Err(ReadError::Damaged { id, index, path })
-            }
+        let start = out.len();
+        if self.check_piece_into(&id, &item, file.as_ref(), &path, index, out)? {
+            return Ok(());
         }
+        out.truncate(start);
+        self.set_bits(&[(id, index)], false)?;
+        Err(ReadError::Damaged { id, index, path })
     }
 
     /// Reads piece `index` from `file` and checks it: `Some(bytes)` if it matches, `None` if it
@@ -586,15 +594,30 @@ impl ContentStore {
         path: &Path,
         index: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut bytes = Vec::new();
+        Ok(self.check_piece_into(id, item, file, path, index, &mut bytes)?.then_some(bytes))
+    }
+
+    /// Appends piece `index` read from `file` to `out` and checks it: true if it matches.
+    fn check_piece_into(
+        &self,
+        id: &ContentId,
+        item: &Item,
+        file: Option<&File>,
+        path: &Path,
+        index: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, StoreError> {
         let cv = if item.layout.pieces() == 1 { id.0 } else { self.piece_cv_of(id, index)? };
-        let Some(file) = file else { return Ok(None) };
-        let mut bytes = vec![0u8; item.layout.piece_len(index) as usize];
-        match file.read_exact_at(&mut bytes, index * PIECE_LEN) {
+        let Some(file) = file else { return Ok(false) };
+        let start = out.len();
+        out.resize(start + item.layout.piece_len(index) as usize, 0);
+        match file.read_exact_at(&mut out[start..], index * PIECE_LEN) {
             Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(false),
             Err(e) => return Err(io_error(path, "read a piece")(e)),
         }
-        Ok(verify_piece(item.layout, index, &cv, &bytes).is_ok().then_some(bytes))
+        Ok(verify_piece(item.layout, index, &cv, &out[start..]).is_ok())
     }
 
     /// Drops piece `index` of `id` (it is no longer held), durably.
