@@ -93,6 +93,8 @@ pub enum Deferred {
     Penalise(Offender, u32),
     /// Move start-up along.
     Startup(Startup),
+    /// Popular items a bootstrap node named (SPEC R4.3), for the content module to queue first.
+    Popular(Vec<[u8; 32]>),
 }
 
 /// The node's queue of outputs, plus the running counters they feed.
@@ -243,6 +245,11 @@ impl Cx<'_> {
     /// Queues an output for the driver.
     pub fn output(&mut self, output: Output) {
         self.out.push(output);
+    }
+
+    /// Defers an effect on other modules until the current module returns.
+    pub fn defer(&mut self, effect: Deferred) {
+        self.out.deferred.push_back(effect);
     }
 
     /// Reports a start-up milestone.

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::context::{Cx, Startup};
+use crate::context::{Cx, Deferred, Startup};
 use crate::event::{CloseReason, Direction, Event, Phase, Violation};
 use crate::handshake::Link;
 use crate::id::{ConnId, NodeId, PublicKey};
@@ -64,7 +64,7 @@ pub struct NetworkInfo {
     pub peers: Vec<PeerRecord>,
     /// Statistics.
     pub stats: NetworkStats,
-    /// Popular content hashes (empty until content sync exists).
+    /// The most requested items the answering node holds (SPEC R4.3).
     pub popular_content: Vec<[u8; 32]>,
 }
 
@@ -253,7 +253,17 @@ impl Discovery {
     }
 
     /// A peer asked us something (already admitted by its rate limit).
-    pub fn handle_request(&mut self, cx: &mut Cx<'_>, conn: ConnId, peer: NodeId, id: RequestId, request: Request) {
+    /// Answers a peer's request; `popular` is the content module's most requested items (SPEC
+    /// R4.3), handed in by the node for `GetNetworkInfo`.
+    pub fn handle_request(
+        &mut self,
+        cx: &mut Cx<'_>,
+        conn: ConnId,
+        peer: NodeId,
+        id: RequestId,
+        request: Request,
+        popular: impl FnOnce() -> Vec<[u8; 32]>,
+    ) {
         let answer = match request {
             Request::GetNetworkInfo => {
                 let peers = self.sample_for(cx, peer, PEERS_PER_ANSWER_MAX, &[]);
@@ -262,7 +272,9 @@ impl Discovery {
                     known_peers: self.known.len() as u32,
                     uptime_s: cx.now.mono.ms_since(cx.started.mono) / 1000,
                 };
-                Response::NetworkInfo(NetworkInfo { peers, stats, popular_content: Vec::new() })
+                let mut popular_content = popular();
+                popular_content.truncate(POPULAR_CONTENT_MAX);
+                Response::NetworkInfo(NetworkInfo { peers, stats, popular_content })
             }
             Request::DiscoverPeers { node_id, max_peers, exclude } => {
                 if node_id != peer {
@@ -287,6 +299,10 @@ impl Discovery {
                     popular_content: info.popular_content.len() as u32,
                 });
                 self.learn(cx, peer, &info.peers);
+                if !info.popular_content.is_empty() {
+                    // A joining node may fetch what the network asks for most, first.
+                    cx.defer(Deferred::Popular(info.popular_content));
+                }
             }
             Response::Peers(records) => self.learn(cx, peer, &records),
         }

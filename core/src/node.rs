@@ -671,7 +671,10 @@ impl Node {
                 }
                 // One line per protocol.
                 match body {
-                    Request::Discovery(r) => self.state.discovery.handle_request(&mut cx!(self), conn_id, peer, id, r),
+                    Request::Discovery(r) => {
+                        let content = &self.state.content;
+                        self.state.discovery.handle_request(&mut cx!(self), conn_id, peer, id, r, || content.popular())
+                    }
                     Request::Content(r) => self.state.content.handle_request(&mut cx!(self), conn_id, id, r),
                 }
             }
@@ -787,6 +790,7 @@ impl Node {
                 Deferred::Misbehaved(conn, reason) => self.misbehaved(conn, reason),
                 Deferred::Penalise(offender, points) => self.penalise(offender, points),
                 Deferred::Startup(step) => self.startup_step(step),
+                Deferred::Popular(ids) => self.state.content.queue_popular(&mut cx!(self), &ids),
             }
         }
     }

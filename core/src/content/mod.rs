@@ -5,6 +5,9 @@
 //! - `proto`: the wire messages and their bounds.
 //! - `stream`: how drivers split pieces out of a connection's byte stream.
 //! - `transfer`: one item being fetched.
+//! - `exchange`: answering peers and learning what they hold (listings, announcements).
+//! - `fetch`: answers to our requests, the sync queue, and the transfer scheduler.
+//! - this file: the module's state, status, timers, phase 7, connections, operator inputs.
 //!
 //! The node never touches piece bytes beyond passing them on: a piece arrives as
 //! `Input::Piece` with the hash the driver computed over its bytes; the module compares it with
@@ -14,6 +17,8 @@
 //! (`Output::Serve`); the driver re-verifies what it reads before sending it.
 
 pub mod bits;
+mod exchange;
+mod fetch;
 pub mod proto;
 pub mod stream;
 pub mod transfer;
@@ -587,6 +592,19 @@ impl Content {
         self.start_transfers(cx);
     }
 
+    /// A bootstrap node's popular items (SPEC R4.3): queued first, if the policy replicates.
+    pub fn queue_popular(&mut self, cx: &mut Cx<'_>, ids: &[[u8; 32]]) {
+        if cx.config.replicate != Replicate::All {
+            return;
+        }
+        for id in ids.iter().rev().map(|id| ContentId(*id)) {
+            if !self.holds(&id) && !self.removed.contains(&id) {
+                self.push_queue(id, true, false);
+            }
+        }
+        self.start_transfers(cx);
+    }
+
     /// The operator dropped the local copy (`mynet rm`).
     pub fn remove(&mut self, cx: &mut Cx<'_>, id: ContentId) {
         if let Some(t) = self.active.remove(&id) {
@@ -654,631 +672,6 @@ impl Content {
             }
         }
     }
-
-    // ---- serving ----
-
-    pub fn handle_request(&mut self, cx: &mut Cx<'_>, conn: ConnId, id: RequestId, request: Request) {
-        match request {
-            Request::List { after } => {
-                use core::ops::Bound;
-                let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-                let mut items: Vec<Listed> = self
-                    .items
-                    .range((start, Bound::Unbounded))
-                    .filter(|(_, i)| i.head_stored && i.held.ones() > 0)
-                    .take(LISTING_MAX + 1)
-                    .map(|(cid, i)| i.listed(*cid))
-                    .collect();
-                let more = items.len() > LISTING_MAX;
-                items.truncate(LISTING_MAX);
-                cx.respond(conn, id, wire::Response::Content(Response::Listing { items, more }));
-            }
-            Request::Announce { items } => {
-                cx.respond(conn, id, wire::Response::Content(Response::Ack));
-                for listed in items {
-                    self.learn(cx, conn, listed);
-                }
-                self.start_transfers(cx);
-            }
-            Request::Head { id: cid } => match self.items.get(&cid) {
-                Some(item) if item.head_stored => {
-                    cx.output(Output::Serve { conn, request: id, what: Serve::Head { id: cid } })
-                }
-                _ => cx.respond(conn, id, wire::Response::Content(Response::NotHeld)),
-            },
-            Request::Page { id: cid, page } => match self.items.get(&cid) {
-                Some(item) if item.head_stored && page < item.layout().pages() => {
-                    cx.output(Output::Serve { conn, request: id, what: Serve::Page { id: cid, page } })
-                }
-                _ => cx.respond(conn, id, wire::Response::Content(Response::NotHeld)),
-            },
-            Request::Have { id: cid, page } => {
-                let answer = match self.items.get(&cid) {
-                    Some(item) if page < item.layout().pages() => {
-                        let range = item.layout().page_pieces(page);
-                        Response::Have { bits: item.held.to_bytes(range.start, range.end) }
-                    }
-                    _ => Response::NotHeld,
-                };
-                cx.respond(conn, id, wire::Response::Content(answer));
-            }
-            Request::Piece { id: cid, index } => match self.items.get_mut(&cid) {
-                Some(item) if item.held.get(index) => {
-                    item.served += 1;
-                    self.stats.pieces_served += 1;
-                    let size = item.size;
-                    cx.output(Output::Serve { conn, request: id, what: Serve::Piece { id: cid, index, size } })
-                }
-                _ => cx.respond(conn, id, wire::Response::Content(Response::NotHeld)),
-            },
-        }
-        self.arm(cx);
-    }
-
-    // ---- answers ----
-
-    pub fn handle_response(&mut self, cx: &mut Cx<'_>, conn: ConnId, pending: &Pending, response: Response) {
-        if pending.kind == wire::Kind::List {
-            return self.on_listing(cx, conn, response);
-        }
-        if pending.kind == wire::Kind::Announce {
-            if let Some(peer) = self.peers.get_mut(&conn) {
-                peer.announce_pending = false;
-            }
-            return self.flush_announcements(cx, conn);
-        }
-        let Some(asked) = self.asked.remove(conn, pending.id) else { return };
-        match (asked, response) {
-            (Asked::Head(id), Response::Head { size, cvs }) => self.on_head(cx, conn, id, size, cvs),
-            (Asked::Page(id, page), Response::Page { cvs }) => self.on_page(cx, conn, id, page, cvs),
-            (Asked::Have(id, page), Response::Have { bits }) => {
-                if let Some(source) = self.active.get_mut(&id).and_then(|t| t.sources.get_mut(&conn)) {
-                    source.avail = Avail::Page { page, bits, at: cx.now.mono };
-                }
-                self.pump(cx, id);
-            }
-            (asked, _) => {
-                // NotHeld: the peer does not (or no longer) hold it; stop asking it for this item.
-                let id = asked.item();
-                if let Asked::Piece(_, index) = asked
-                    && let Some(t) = self.active.get_mut(&id)
-                {
-                    t.settle(index, conn, pending.id);
-                }
-                if let Some(t) = self.active.get_mut(&id) {
-                    if let Asked::Head(_) = asked {
-                        t.head_pending = None;
-                    }
-                    t.drop_source(conn);
-                }
-                if let Some(remote) = self.remote.get_mut(&id) {
-                    remote.holders.remove(&conn);
-                }
-                self.pump(cx, id);
-            }
-        }
-    }
-
-    pub fn on_request_failed(&mut self, cx: &mut Cx<'_>, conn: ConnId, pending: &Pending) {
-        if pending.kind == wire::Kind::List {
-            if let Some(peer) = self.peers.get_mut(&conn) {
-                peer.listing_pending = false;
-                peer.listing = None;
-            }
-            return self.check_initial(cx);
-        }
-        if pending.kind == wire::Kind::Announce {
-            if let Some(peer) = self.peers.get_mut(&conn) {
-                peer.announce_pending = false;
-            }
-            return;
-        }
-        let Some(asked) = self.asked.remove(conn, pending.id) else { return };
-        if let Some(peer) = self.peers.get_mut(&conn) {
-            peer.failures += 1;
-        }
-        let id = asked.item();
-        if let Some(t) = self.active.get_mut(&id) {
-            match asked {
-                Asked::Head(_) => t.head_pending = None,
-                Asked::Page(_, page) => {
-                    t.page_pending.remove(&page);
-                }
-                Asked::Have(..) => {
-                    if let Some(s) = t.sources.get_mut(&conn) {
-                        s.avail = Avail::Unknown;
-                    }
-                }
-                Asked::Piece(_, index) => {
-                    t.settle(index, conn, pending.id);
-                }
-            }
-        }
-        self.pump(cx, id);
-    }
-
-    /// A late answer to a piece request we gave up on or cancelled: its bytes were wasted.
-    pub fn on_late_piece(&mut self, len: u64) {
-        self.stats.wasted_bytes += len;
-    }
-
-    /// A piece arrived in answer to `pending` (its kind matched). `hash` is what the driver
-    /// computed over the bytes (`stream::piece_hash`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_piece(
-        &mut self,
-        cx: &mut Cx<'_>,
-        conn: ConnId,
-        peer: NodeId,
-        pending: &Pending,
-        header: proto::PieceHeader,
-        hash: [u8; 32],
-        data: PieceData,
-    ) {
-        let Some(Asked::Piece(id, index)) = self.asked.remove(conn, pending.id) else { return };
-        let Some(t) = self.active.get_mut(&id) else {
-            self.stats.wasted_bytes += header.piece_len().unwrap_or(0);
-            return;
-        };
-        t.settle(index, conn, pending.id);
-        let layout = t.layout.unwrap_or(Layout { size: header.size });
-        let expected = t.expected(index);
-        let honest = header.id == id
-            && header.index == index
-            && header.size == layout.size
-            && data_len_ok(&data, layout.piece_len(index))
-            && expected == Some(hash);
-        if !honest {
-            // Honest peers serve only what they verified: the sender is banned and the piece is
-            // fetched elsewhere.
-            self.stats.bad_pieces += 1;
-            cx.event(Event::BadPiece { conn, peer, id, index });
-            t.drop_source(conn);
-            cx.misbehaved(conn, CloseReason::Protocol(Violation::BadPiece { index }));
-            cx.penalise(Offender::Node(peer), POINTS_BAD_DATA);
-            return self.pump(cx, id);
-        }
-        let now = cx.now.mono;
-        t.progress = now;
-        t.served_by.insert(conn);
-        let len = layout.piece_len(index);
-        if let Some(p) = self.peers.get_mut(&conn) {
-            // Delivery rate: bytes over the time since the previous delivery (or the request).
-            let since = p.last_piece.map_or(pending.sent, |last| last.max(pending.sent));
-            let us = now.0.saturating_sub(since.0).max(1);
-            let sample = len.saturating_mul(1_000_000) / us;
-            p.rate = if p.rate == 0 { sample } else { (p.rate * 7 + sample) / 8 };
-            p.last_piece = Some(now);
-        }
-        // The first verified copy wins; a duplicate still in flight is cancelled.
-        if let Some(copies) = t.in_flight.remove(&index) {
-            for (c, r, _) in copies {
-                cx.requests.cancel(c, r);
-                self.asked.remove(c, r);
-                if let Some(source) = t.sources.get_mut(&c) {
-                    source.pieces = source.pieces.saturating_sub(1);
-                }
-            }
-        }
-        let Some(item) = self.items.get(&id) else { return };
-        if item.held.get(index) || !t.storing.insert(index) {
-            self.stats.wasted_bytes += len;
-        } else {
-            cx.output(Output::StorePiece { piece: PieceRef { id, index }, data });
-        }
-        self.pump(cx, id);
-    }
-
-    // ---- listings and announcements ----
-
-    fn request_listing(&mut self, cx: &mut Cx<'_>, conn: ConnId) {
-        let Some(peer) = self.peers.get_mut(&conn) else { return };
-        let Some(after) = peer.listing else { return };
-        if peer.listing_pending {
-            return;
-        }
-        if cx.request(conn, wrap(Request::List { after }), Origin::Content, 0).is_ok() {
-            peer.listing_pending = true;
-        }
-    }
-
-    fn on_listing(&mut self, cx: &mut Cx<'_>, conn: ConnId, response: Response) {
-        let Response::Listing { items, more } = response else { return };
-        let last = items.last().map(|l| l.id);
-        for listed in items {
-            self.learn(cx, conn, listed);
-        }
-        if let Some(peer) = self.peers.get_mut(&conn) {
-            peer.listing_pending = false;
-            peer.listing = if more && last.is_some() && self.remote.len() < REMOTE_MAX { Some(last) } else { None };
-        }
-        self.request_listing(cx, conn);
-        self.start_transfers(cx);
-        self.check_initial(cx);
-    }
-
-    /// A peer holds (part of) an item: remember it, add it as a source of a running
-    /// transfer, and queue it if the policy wants it.
-    fn learn(&mut self, cx: &mut Cx<'_>, conn: ConnId, listed: Listed) {
-        if Layout::new(listed.size).is_err() {
-            return;
-        }
-        let Some(peer) = self.peers.get_mut(&conn) else { return };
-        if !self.remote.contains_key(&listed.id) && self.remote.len() >= REMOTE_MAX {
-            return;
-        }
-        peer.holds.insert(listed.id);
-        let remote =
-            self.remote.entry(listed.id).or_insert_with(|| Remote { size: listed.size, holders: BTreeMap::new() });
-        remote.holders.insert(conn, listed.complete);
-        if let Some(t) = self.active.get_mut(&listed.id) {
-            let avail = if listed.complete { Avail::All } else { Avail::Unknown };
-            let source = t.sources.entry(conn).or_insert(Source { avail: Avail::Unknown, pieces: 0 });
-            if listed.complete || source.avail == Avail::Unknown {
-                source.avail = avail;
-            }
-            t.progress = cx.now.mono;
-            return self.pump(cx, listed.id);
-        }
-        if self.holds(&listed.id) || self.queued.contains(&listed.id) || self.removed.contains(&listed.id) {
-            return;
-        }
-        if cx.config.replicate == Replicate::All {
-            self.push_queue(listed.id, false, false);
-        }
-    }
-
-    /// Tells every peer about an item we added or completed.
-    fn announce(&mut self, cx: &mut Cx<'_>, listed: Listed) {
-        let conns: Vec<ConnId> = self.peers.keys().copied().collect();
-        for conn in conns {
-            if let Some(peer) = self.peers.get_mut(&conn) {
-                if peer.announce.len() >= ANNOUNCE_QUEUE_MAX {
-                    peer.announce.pop_front();
-                }
-                peer.announce.push_back(listed);
-            }
-            self.flush_announcements(cx, conn);
-        }
-        self.arm(cx);
-    }
-
-    fn flush_announcements(&mut self, cx: &mut Cx<'_>, conn: ConnId) {
-        let Some(peer) = self.peers.get_mut(&conn) else { return };
-        if peer.announce_pending || peer.announce.is_empty() {
-            return;
-        }
-        let n = peer.announce.len().min(ANNOUNCE_MAX);
-        let items: Vec<Listed> = peer.announce.iter().take(n).copied().collect();
-        if cx.request(conn, wrap(Request::Announce { items }), Origin::Content, 0).is_ok() {
-            peer.announce.drain(..n);
-            peer.announce_pending = true;
-        }
-    }
-
-    // ---- the queue and transfers ----
-
-    fn push_queue(&mut self, id: ContentId, front: bool, force: bool) {
-        if self.queued.contains(&id) || self.active.contains_key(&id) {
-            return;
-        }
-        if self.queue.len() >= QUEUE_MAX && !force {
-            return;
-        }
-        self.queued.insert(id);
-        if front {
-            self.queue.push_front(id);
-        } else {
-            self.queue.push_back(id);
-        }
-    }
-
-    fn unqueue(&mut self, id: &ContentId) {
-        if self.queued.remove(id) {
-            self.queue.retain(|q| q != id);
-        }
-    }
-
-    /// Starts transfers from the queue while workers are free.
-    fn start_transfers(&mut self, cx: &mut Cx<'_>) {
-        let workers = cx.config.sync_workers.max(1) as usize;
-        while self.active.len() < workers {
-            let Some(id) = self.queue.pop_front() else { break };
-            self.queued.remove(&id);
-            if self.holds(&id) {
-                continue;
-            }
-            let wanted = self.items.get(&id).is_some_and(|i| i.here);
-            let size = self.items.get(&id).map(|i| i.size).or_else(|| self.remote.get(&id).map(|r| r.size));
-            if let Some(size) = size {
-                let held = self.items.get(&id).map_or(0, held_bytes);
-                if self.bytes_stored + self.reserved() + (size - held) > cx.config.storage_max_bytes {
-                    cx.event(Event::TransferFailed { id, reason: TransferFailure::NoRoom });
-                    self.stats.failed_syncs += 1;
-                    continue;
-                }
-            }
-            let layout = size.and_then(|s| Layout::new(s).ok());
-            let mut t = Transfer::new(id, layout, cx.now.mono, wanted);
-            if let Some(remote) = self.remote.get(&id) {
-                for (conn, complete) in &remote.holders {
-                    let avail = if *complete { Avail::All } else { Avail::Unknown };
-                    t.sources.insert(*conn, Source { avail, pieces: 0 });
-                }
-            }
-
-            if t.sources.is_empty() {
-                // Nobody told us they hold it (an operator's `get`): ask every peer for its head.
-                for conn in self.peers.keys() {
-                    t.sources.insert(*conn, Source { avail: Avail::Unknown, pieces: 0 });
-                }
-            }
-            if let Some(item) = self.items.get(&id) {
-                t.low = item.held.next_clear(0).unwrap_or(item.layout().pieces());
-            }
-            self.active.insert(id, t);
-            // Peers that listed it before (a retry): ask them again.
-            self.refresh_sources(id);
-            let sources = self.active.get(&id).map_or(0, |t| t.sources.len() as u32);
-            cx.event(Event::TransferStarted { id, sources });
-            self.pump(cx, id);
-        }
-        self.arm(cx);
-    }
-
-    /// Adds as sources every connected peer that listed or announced the item.
-    fn refresh_sources(&mut self, id: ContentId) {
-        let Some(t) = self.active.get_mut(&id) else { return };
-        let holders = self.remote.get(&id).map(|r| &r.holders);
-        for (conn, peer) in &self.peers {
-            if !peer.holds.contains(&id) || t.sources.contains_key(conn) {
-                continue;
-            }
-            let complete = holders.and_then(|h| h.get(conn)).copied().unwrap_or(false);
-            let avail = if complete { Avail::All } else { Avail::Unknown };
-            t.sources.insert(*conn, Source { avail, pieces: 0 });
-        }
-    }
-
-    /// Bytes the running transfers will still add.
-    fn reserved(&self) -> u64 {
-        self.active
-            .values()
-            .map(|t| {
-                let size = t.layout.map_or(0, |l| l.size);
-                size - self.items.get(&t.id).map_or(0, held_bytes).min(size)
-            })
-            .sum()
-    }
-
-    fn fail(&mut self, cx: &mut Cx<'_>, id: ContentId, reason: TransferFailure) {
-        let Some(t) = self.active.remove(&id) else { return };
-        self.cancel_all(cx, &t);
-        self.stats.failed_syncs += 1;
-        cx.event(Event::TransferFailed { id, reason });
-        if reason == TransferFailure::NoSource && (t.wanted || cx.config.replicate == Replicate::All) {
-            // A holder may come back or turn up: try again later.
-            self.retry.insert(id);
-            self.retry_at.get_or_insert(cx.now.mono.plus_ms(RETRY_MS));
-        }
-        self.start_transfers(cx);
-        self.check_initial(cx);
-    }
-
-    fn cancel_all(&mut self, cx: &mut Cx<'_>, t: &Transfer) {
-        let keys: Vec<(ConnId, RequestId)> =
-            self.asked.iter().filter(|(_, _, a)| a.item() == t.id).map(|(c, r, _)| (c, r)).collect();
-        for (conn, request) in keys {
-            self.asked.remove(conn, request);
-            cx.requests.cancel(conn, request);
-        }
-    }
-
-    fn on_head(&mut self, cx: &mut Cx<'_>, conn: ConnId, id: ContentId, size: u64, cvs: Vec<[u8; 32]>) {
-        let Some(t) = self.active.get_mut(&id) else { return };
-        t.head_pending = None;
-        if t.head.is_some() {
-            return;
-        }
-        let verified = Layout::new(size).and_then(|layout| {
-            if t.layout.is_some_and(|l| l != layout) {
-                return Err(VerifyError::RootMismatch);
-            }
-            if layout.pages() > 1 {
-                verify::verify_page_list(&id, layout, &cvs)?;
-            } else {
-                verify::verify_pieces(&id, layout, &cvs)?;
-            }
-            Ok(layout)
-        });
-        let layout = match verified {
-            Ok(layout) => layout,
-            Err(_) => return self.bad_metadata(cx, conn, id),
-        };
-        t.layout = Some(layout);
-        t.head = Some(cvs.clone());
-        t.progress = cx.now.mono;
-        let item = self.items.entry(id).or_insert_with(|| Item {
-            size,
-            held: Bits::new(layout.pieces()),
-            here: false,
-            head_stored: false,
-            served: 0,
-        });
-        item.head_stored = true;
-        cx.output(Output::StoreHead { id, size, cvs });
-        self.pump(cx, id);
-    }
-
-    fn on_page(&mut self, cx: &mut Cx<'_>, conn: ConnId, id: ContentId, page: u64, cvs: Vec<[u8; 32]>) {
-        let Some(t) = self.active.get_mut(&id) else { return };
-        t.page_pending.remove(&page);
-        let (Some(layout), Some(head)) = (t.layout, t.head.as_ref()) else { return };
-        let Some(entry) = head.get(page as usize) else { return self.bad_metadata(cx, conn, id) };
-        if verify::verify_page(layout, page, entry, &cvs).is_err() {
-            return self.bad_metadata(cx, conn, id);
-        }
-        t.progress = cx.now.mono;
-        if t.pages_needed().contains(&page) {
-            t.pages.insert(page, cvs.clone());
-        }
-        cx.output(Output::StorePage { id, page, cvs });
-        self.pump(cx, id);
-    }
-
-    fn bad_metadata(&mut self, cx: &mut Cx<'_>, conn: ConnId, id: ContentId) {
-        if let Some(t) = self.active.get_mut(&id) {
-            t.drop_source(conn);
-        }
-        if let Some(peer) = self.peers.get(&conn) {
-            cx.penalise(Offender::Node(peer.node), POINTS_BAD_DATA);
-        }
-        cx.misbehaved(conn, CloseReason::Protocol(Violation::BadMetadata));
-        self.pump(cx, id);
-    }
-
-    /// Held pieces moved on: advance the window; finish the item when it is whole.
-    fn advance(&mut self, cx: &mut Cx<'_>, id: ContentId) {
-        let (Some(t), Some(item)) = (self.active.get_mut(&id), self.items.get(&id)) else { return };
-        t.low = item.held.next_clear(t.low).unwrap_or(item.layout().pieces());
-        t.forget_pages_below();
-        if !item.complete() {
-            return self.pump(cx, id);
-        }
-        let size = item.size;
-        let Some(t) = self.active.remove(&id) else { return };
-        self.cancel_all(cx, &t);
-        self.stats.synced_content += 1;
-        cx.event(Event::ItemComplete {
-            id,
-            size,
-            sources: t.served_by.len() as u32,
-            ms: cx.now.mono.ms_since(t.started),
-        });
-        self.announce(cx, Listed { id, size, complete: true });
-        self.start_transfers(cx);
-        self.check_initial(cx);
-    }
-
-    /// Sends what the transfer can send now: its head, the pages its window needs, bitfield
-    /// questions to partial sources, and piece requests up to each source's pipeline depth.
-    fn pump(&mut self, cx: &mut Cx<'_>, id: ContentId) {
-        let Some(t) = self.active.get_mut(&id) else { return };
-        let now = cx.now.mono;
-        // Sources best first: measured rate, discounted by failures.
-        let mut ranked: Vec<(u64, ConnId)> = t
-            .sources
-            .keys()
-            .map(|c| {
-                let p = self.peers.get(c);
-                let rate = p.map_or(RATE_UNKNOWN, |p| if p.rate == 0 { RATE_UNKNOWN } else { p.rate });
-                let failures = u64::from(p.map_or(0, |p| p.failures)).min(16);
-                (rate / (1 + failures * failures), *c)
-            })
-            .collect();
-        ranked.sort_by(|a, b| b.cmp(a));
-        if t.head.is_none() {
-            if t.head_pending.is_none() {
-                let next = ranked.iter().map(|(_, c)| *c).find(|c| !t.head_asked.contains(c));
-                if let Some(conn) = next
-                    && let Ok(request) = cx.request(conn, wrap(Request::Head { id }), Origin::Content, 0)
-                {
-                    t.head_asked.insert(conn);
-                    t.head_pending = Some(conn);
-                    self.asked.insert(conn, request, Asked::Head(id));
-                } else if next.is_none() {
-                    // Everyone we could ask said no or failed: nobody connected holds it.
-                    return self.fail(cx, id, TransferFailure::NoSource);
-                }
-            }
-            return self.arm(cx);
-        }
-        let Some(layout) = t.layout else { return };
-        for page in t.pages_needed() {
-            if t.pages.contains_key(&page) || t.page_pending.contains_key(&page) {
-                continue;
-            }
-            let from = ranked.iter().map(|(_, c)| *c).find(|c| t.sources.get(c).is_some_and(|s| s.avail == Avail::All));
-            let from = from.or_else(|| ranked.first().map(|(_, c)| *c));
-            if let Some(conn) = from
-                && let Ok(request) = cx.request(conn, wrap(Request::Page { id, page }), Origin::Content, 0)
-            {
-                t.page_pending.insert(page, conn);
-                self.asked.insert(conn, request, Asked::Page(id, page));
-            }
-        }
-        let pieces = layout.pieces();
-        let low_page = t.low / PIECES_PER_PAGE;
-        for &(_, conn) in &ranked {
-            let Some(source) = t.sources.get_mut(&conn) else { continue };
-            let stale = match &source.avail {
-                Avail::Unknown => true,
-                Avail::Page { page, at, .. } => *page != low_page || now.ms_since(*at) >= HAVE_REFRESH_MS,
-                _ => false,
-            };
-            if stale
-                && source.pieces == 0
-                && low_page < layout.pages()
-                && let Ok(request) = cx.request(conn, wrap(Request::Have { id, page: low_page }), Origin::Content, 0)
-            {
-                source.avail = Avail::Asking;
-                self.asked.insert(conn, request, Asked::Have(id, low_page));
-            }
-            let rate = self.peers.get(&conn).map_or(0, |p| p.rate);
-            let depth = pipeline_depth(rate);
-            let item = self.items.get(&id);
-            let mut scan = t.low;
-            let end = (t.low + WINDOW_PIECES).min(pieces);
-            while t.sources.get(&conn).is_some_and(|s| s.pieces < depth) {
-                // The lowest piece in the window that is free and this source has.
-                let Some(source) = t.sources.get(&conn) else { break };
-                let mut pick = None;
-                while scan < end {
-                    let i = scan;
-                    scan += 1;
-                    let held = item.is_some_and(|it| it.held.get(i));
-                    if !held
-                        && !t.storing.contains(&i)
-                        && !t.in_flight.contains_key(&i)
-                        && Transfer::has(source, i)
-                        && t.expected(i).is_some()
-                    {
-                        pick = Some(i);
-                        break;
-                    }
-                }
-                // Endgame: everything left is in flight. A piece that is late at its source gets
-                // one duplicate elsewhere (the first verified copy cancels the other).
-                if pick.is_none() && t.low + WINDOW_PIECES >= pieces {
-                    let peers = &self.peers;
-                    pick = t
-                        .in_flight
-                        .iter()
-                        .find(|(i, copies)| {
-                            copies.len() < COPIES_MAX
-                                && copies.iter().all(|(c, _, sent)| {
-                                    let rate = peers.get(c).map_or(0, |p| p.rate).max(RATE_FLOOR);
-                                    let due = (2 * layout.piece_len(**i) * 1000 / rate).max(LATE_MIN_MS);
-                                    *c != conn && now.ms_since(*sent) >= due
-                                })
-                                && Transfer::has(source, **i)
-                        })
-                        .map(|(i, _)| *i);
-                }
-                let Some(index) = pick else { break };
-                let timeout =
-                    piece_timeout(cx.config.handshake_timeout_ms, rate, source.pieces + 1, layout.piece_len(index));
-                let body = wrap(Request::Piece { id, index });
-                let Ok(request) = cx.request_within(conn, body, Origin::Content, index, timeout) else { break };
-                self.asked.insert(conn, request, Asked::Piece(id, index));
-                t.in_flight.entry(index).or_default().push((conn, request, now));
-                if let Some(source) = t.sources.get_mut(&conn) {
-                    source.pieces += 1;
-                }
-            }
-        }
-        self.arm(cx);
-    }
 }
 
 fn held_bytes(item: &Item) -> u64 {
@@ -1309,4 +702,40 @@ pub fn pipeline_depth(rate: u64) -> u32 {
 pub fn piece_timeout(base_ms: u64, rate: u64, queued: u32, len: u64) -> u64 {
     let rate = rate.max(RATE_FLOOR);
     (base_ms + u64::from(queued) * len.max(1) * 1000 / rate).min(120_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(size: u64, served: u64, complete: bool) -> Item {
+        let pieces = Layout { size }.pieces();
+        let held = if complete { Bits::full(pieces) } else { Bits::new(pieces) };
+        Item { size, held, here: false, head_stored: true, served }
+    }
+
+    #[test]
+    fn popular_lists_complete_items_most_served_first_and_bounded() {
+        let mut content = Content::default();
+        for i in 0..(POPULAR_MAX as u8 + 20) {
+            content.items.insert(ContentId([i; 32]), item(10, u64::from(i), true));
+        }
+        content.items.insert(ContentId([250; 32]), item(10, 1_000, false));
+        let popular = content.popular();
+        assert_eq!(popular.len(), POPULAR_MAX);
+        assert_eq!(popular[0], [POPULAR_MAX as u8 + 19; 32], "most served first");
+        assert!(!popular.contains(&[250; 32]), "a partial item is not offered");
+        assert!(!popular.contains(&[0; 32]), "never served: not popular");
+    }
+
+    #[test]
+    fn held_bytes_count_the_short_last_piece() {
+        let mut it = item(2 * PIECE_LEN + 10, 0, false);
+        it.held.set(0);
+        it.held.set(2);
+        assert_eq!(held_bytes(&it), PIECE_LEN + 10);
+        assert_eq!(pipeline_depth(0), 2);
+        assert_eq!(pipeline_depth(1 << 40), proto::IN_FLIGHT_MAX as u32 - 2);
+        assert!(piece_timeout(10_000, 0, 4, PIECE_LEN) > 10_000);
+    }
 }
