@@ -5,6 +5,8 @@ use core::net::SocketAddr;
 use std::sync::OnceLock;
 
 use mynet_core::config::BootstrapNode;
+use mynet_core::content::PIECE_LEN;
+use mynet_core::content::stream::{Part, Splitter};
 use mynet_core::discovery;
 use mynet_core::handshake::{Binding, Hello, Role, build_hello};
 use mynet_core::wire::{self, FrameBuffer, Message, PeerRecord, Request, Response};
@@ -27,6 +29,31 @@ pub fn frames(data: &[u8]) {
         if let Ok(message) = wire::decode_body(body) {
             let again = wire::encode_frame(&message).expect("a decoded message fits a frame again");
             assert_eq!(wire::decode_body(&again[wire::FRAME_HEADER_LEN..]).as_ref(), Ok(&message));
+        }
+    }
+    // The drivers' stream splitter over the same bytes: never panics, every piece is exactly
+    // as long as its header says (at most one piece length), and the control frames it passes
+    // on reassemble as whole frames.
+    let mut splitter = Splitter::default();
+    let mut parts = Vec::new();
+    for chunk in data.chunks(cut) {
+        if splitter.push(chunk, &mut parts).is_err() {
+            break;
+        }
+    }
+    for part in parts {
+        match part {
+            Part::Piece { header, data, .. } => {
+                let len = header.piece_len().expect("the splitter checked the header");
+                assert_eq!(data.len() as u64, len);
+                assert!(len <= PIECE_LEN);
+            }
+            Part::Frames(bytes) => {
+                let mut buffer = FrameBuffer::default();
+                let mut whole = Vec::new();
+                buffer.push(&bytes, &mut whole).expect("whole frames");
+                assert_eq!(buffer.buffered_len(), 0, "only whole frames are passed on");
+            }
         }
     }
 }
@@ -328,6 +355,11 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut frames_seed = vec![5u8];
     frames_seed.extend(frame(&Message::Hello(hello)));
     frames_seed.extend(frame(&peers_answer));
+    // A piece of a 10-byte item between two control frames (what the stream splitter sees).
+    let header =
+        mynet_core::content::proto::PieceHeader { id: mynet_core::content::ContentId([7; 32]), index: 0, size: 10 };
+    frames_seed.extend(mynet_core::content::stream::encode_piece(RequestId(3), header, &[1; 10]).expect("fits"));
+    frames_seed.extend(frame(&request(2, discovery::Request::GetNetworkInfo)));
     let mut after_hello = vec![1u8];
     after_hello.extend(frame(&request(0, discover)));
     after_hello.extend(frame(&request(1, discovery::Request::GetNetworkInfo)));
