@@ -11,7 +11,7 @@ use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The Noise protocol name.
-pub const NOISE_PARAMS: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// Largest Noise message.
 pub const NOISE_MSG_MAX: usize = 65_535;
 /// Largest plaintext per transport message (the tag takes 16 bytes).
@@ -34,7 +34,11 @@ pub enum NoiseError {
 }
 
 fn builder() -> snow::Builder<'static> {
-    snow::Builder::new(NOISE_PARAMS.parse().expect("valid noise parameters"))
+    // ring's ChaCha20-Poly1305 (BoringSSL's vectorised assembly) for the transport; the pure
+    // Rust resolver for what ring does not provide (X25519, BLAKE2s).
+    use snow::resolvers::{DefaultResolver, FallbackResolver, RingResolver};
+    let resolver = FallbackResolver::new(Box::new(RingResolver), Box::new(DefaultResolver));
+    snow::Builder::with_resolver(NOISE_PARAMS.parse().expect("valid noise parameters"), Box::new(resolver))
 }
 
 /// A fresh static X25519 key for this process. Identity is ed25519; this key only secures.
