@@ -134,13 +134,15 @@ impl World {
     }
 
     pub(super) fn add_item(&mut self, i: usize) -> Result<(), SimError> {
-        let item = self.content.items[i].clone();
-        let n = item.origin;
-        let up = self.honest(n).is_some_and(|h| h.journaled.is_some());
-        if !up {
+        // The drawn node, or if it is down (not joined yet, crashed) the next one that runs.
+        let up = |w: &World, n: usize| w.honest(n).is_some_and(|h| h.journaled.is_some());
+        let drawn = self.content.items[i].origin;
+        let Some(n) = (0..self.honest).map(|k| (drawn + k) % self.honest).find(|n| up(self, *n)) else {
             self.content.skipped += 1;
             return Ok(());
-        }
+        };
+        self.content.items[i].origin = n;
+        let item = self.content.items[i].clone();
         if let Some(h) = self.honest_mut(n) {
             h.store.heads.insert(item.id);
             h.store.held.insert(item.id, (0..item.hashes.len() as u64).collect());
