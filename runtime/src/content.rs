@@ -18,11 +18,11 @@ use tokio::sync::{Semaphore, mpsc};
 /// Pieces read from the store for one connection at once (each 1 MiB in memory until queued).
 pub const SERVING_PER_CONN_MAX: usize = 4;
 
-/// Pieces written in one group at most (64 MiB).
-pub const GROUP_PIECES_MAX: usize = 64;
+/// Pieces written in one group at most (32 MiB).
+pub const GROUP_PIECES_MAX: usize = 32;
 /// Jobs queued for the storage thread; the driver holds at most this many pieces in memory
 /// beyond what the transport buffers.
-pub const STORE_QUEUE_MAX: usize = 256;
+pub const STORE_QUEUE_MAX: usize = 32;
 
 /// Work for the storage thread, applied in order.
 enum Job {

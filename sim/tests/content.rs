@@ -64,3 +64,17 @@ fn node_state_with_penalties_and_transfers_is_representable_as_json() {
         assert!(state["content"]["items"].is_object(), "node {n}");
     }
 }
+
+/// Items larger than one metadata page (1 GiB): the head is the page list, each page of piece
+/// chaining values is fetched and verified against it before its pieces are requested, and the
+/// transfer's window moves across pages.
+#[test]
+fn an_item_of_several_pages_replicates_through_verified_pages() {
+    let mut config = content(41, 3, 1_800_000, 1, "none");
+    config.content_sizes = vec![mynet_core::content::verify::PAGE_LEN + 5 * 1024 * 1024 + 77];
+    let summary = run(config).unwrap_or_else(|e| panic!("{e}"));
+    let c = &summary.content;
+    assert_eq!(c.items, 1);
+    assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
+    assert_eq!(c.bad_pieces_caught, 0);
+}

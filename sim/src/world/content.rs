@@ -12,7 +12,7 @@
 
 use mynet_core::RequestId;
 use mynet_core::content::proto::{self, PieceHeader};
-use mynet_core::content::verify::{Layout, PIECE_LEN, piece_cv};
+use mynet_core::content::verify::{Layout, PIECE_LEN, page_cv, piece_cv};
 use mynet_core::content::{ContentId, PieceData, PieceRef, Serve};
 use mynet_core::wire::Response;
 
@@ -34,6 +34,21 @@ pub struct SimItem {
 }
 
 impl SimItem {
+    /// Its head: the piece hashes of a one-page item, the page list of a larger one.
+    pub fn head(&self) -> Vec<[u8; 32]> {
+        let layout = Layout { size: self.size };
+        if layout.pages() == 1 {
+            return self.hashes.clone();
+        }
+        (0..layout.pages()).map(|page| page_cv(layout, page, self.page(page))).collect()
+    }
+
+    /// The piece hashes of page `page`.
+    pub fn page(&self, page: u64) -> &[[u8; 32]] {
+        let range = Layout { size: self.size }.page_pieces(page);
+        &self.hashes[range.start as usize..range.end as usize]
+    }
+
     /// Generates `size` bytes from `key` and hashes them for real.
     pub fn generate(key: [u8; 32], size: u64, origin: usize, at_us: u64) -> SimItem {
         let mut xof = blake3::Hasher::new_keyed(&key).finalize_xof();
@@ -107,11 +122,15 @@ impl World {
         for i in 0..count {
             let mut key = [0u8; 32];
             self.rng.fill_bytes(&mut key);
-            // Sizes from 1 KiB to 8 MiB, log-uniform; some exactly on piece boundaries.
+            // Sizes from 1 KiB to 16 MiB, log-uniform; some exactly on piece boundaries; or the
+            // sizes the run asks for.
             let exp = 10 + self.rng.next_u64() % 14;
             let mut size = (1u64 << exp) + self.rng.next_u64() % (1u64 << exp);
             if i % 7 == 0 {
                 size = size.div_ceil(PIECE_LEN) * PIECE_LEN;
+            }
+            if let Some(&chosen) = self.config.content_sizes.get(i) {
+                size = chosen;
             }
             let origin = (self.rng.next_u64() % self.honest as u64) as usize;
             let at = duration_us / 20 + self.rng.next_u64() % (duration_us * 35 / 100).max(1);
@@ -192,11 +211,18 @@ impl World {
             Serve::Head { id } => match self.content.by_id.get(&id) {
                 Some(&i) if h.store.heads.contains(&id) => {
                     let item = &self.content.items[i];
-                    proto::Response::Head { size: item.size, cvs: item.hashes.clone() }
+                    proto::Response::Head { size: item.size, cvs: item.head() }
                 }
                 _ => proto::Response::NotHeld,
             },
-            Serve::Page { .. } => proto::Response::NotHeld,
+            Serve::Page { id, page } => match self.content.by_id.get(&id) {
+                Some(&i)
+                    if h.store.heads.contains(&id) && page < Layout { size: self.content.items[i].size }.pages() =>
+                {
+                    proto::Response::Page { cvs: self.content.items[i].page(page).to_vec() }
+                }
+                _ => proto::Response::NotHeld,
+            },
             Serve::Piece { id, index, size } => {
                 let held = h.store.held.get(&id).is_some_and(|s| s.contains(&index));
                 let genuine =

@@ -71,6 +71,8 @@ pub struct SimConfig {
     pub record_trace: bool,
     /// Items added at random nodes during the run (`--content N`).
     pub content: usize,
+    /// Sizes of the first items, instead of random ones (tests of large, multi-page items).
+    pub content_sizes: Vec<u64>,
 }
 
 impl SimConfig {
@@ -87,6 +89,7 @@ impl SimConfig {
             heal_fraction: 0.6,
             record_trace: false,
             content: 0,
+            content_sizes: Vec::new(),
         }
     }
 
