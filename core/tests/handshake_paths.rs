@@ -568,3 +568,49 @@ fn start_up_waits_in_peer_discovery_for_the_bootstrap_nodes_answers() {
     assert_eq!(node.phase(), Phase::Ready);
     assert!(outputs.contains(&Output::Event(Event::Initialized { peers: 1 })));
 }
+
+/// Start-up phase 7 never blocks start-up forever: a bootstrap node that never answers our
+/// content listing delays readiness by at most `initial_sync_max_ms`.
+#[test]
+fn the_initial_sync_ends_in_bounded_time_when_a_listing_never_comes() {
+    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
+    let (mut node, conn, binding) = joining_node(&bootstrap, |_| {});
+    let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
+    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
+    let asked = requests_sent(&drain(&mut node), conn);
+    let info = Response::Discovery(discovery::Response::NetworkInfo(discovery::NetworkInfo::default()));
+    node.handle(at(3), Input::Received { conn, bytes: frame(&Message::Response { id: asked[0].0, body: info }) });
+    node.handle(at(4), Input::Received { conn, bytes: peers_answer(asked[1].0, Vec::new()) });
+    drain(&mut node);
+    assert_eq!(node.phase(), Phase::InitialSync, "waiting for the listing");
+    let limit = at(4).mono.plus_ms(node.config().initial_sync_max_ms);
+    while node.phase() == Phase::InitialSync {
+        let (due, _) = node.poll_timeout().expect("a deadline while waiting");
+        assert!(due <= limit, "the wait is bounded by initial_sync_max_ms");
+        node.handle(Time { mono: due, wall_ms: WALL + due.0 / 1000 }, Input::Tick);
+        drain(&mut node);
+    }
+    assert_eq!(node.phase(), Phase::Ready);
+}
+
+/// SPEC R4.3: the popular items a bootstrap node names in its network info are queued first
+/// by a joining node, which asks for their metadata at once.
+#[test]
+fn a_joining_node_fetches_the_popular_items_a_bootstrap_node_names() {
+    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
+    let (mut node, conn, binding) = joining_node(&bootstrap, |_| {});
+    let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
+    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
+    let asked = requests_sent(&drain(&mut node), conn);
+    let popular = [9u8; 32];
+    let info = discovery::NetworkInfo { popular_content: vec![popular], ..discovery::NetworkInfo::default() };
+    let body = Response::Discovery(discovery::Response::NetworkInfo(info));
+    node.handle(at(3), Input::Received { conn, bytes: frame(&Message::Response { id: asked[0].0, body }) });
+    let outputs = drain(&mut node);
+    let heads: Vec<Kind> = requests_sent(&outputs, conn).into_iter().map(|(_, k)| k).collect();
+    assert_eq!(heads, vec![Kind::GetHead], "{outputs:?}");
+    assert!(
+        outputs.iter().any(|o| matches!(o, Output::Event(Event::TransferStarted { id, .. }) if id.0 == popular)),
+        "{outputs:?}"
+    );
+}

@@ -12,6 +12,7 @@ use mynet_core::content::ContentId;
 use serde_json::{Value, json};
 
 const READY: Duration = Duration::from_secs(20);
+const PIECE: usize = 1 << 20;
 
 /// Non-repeating bytes (BLAKE3 in XOF mode).
 fn bytes(len: usize, seed: u8) -> Vec<u8> {
@@ -82,12 +83,29 @@ fn an_item_added_on_one_node_is_held_by_the_other_two_and_get_matches_its_hash()
     let bad = mynet(&c.dir, &["get", "xyz"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a content id"));
 
+    // A piece damaged on disk: `mynet verify` finds it, drops it, and the node fetches it again.
+    let data_file = b.dir.join("store").join("data").join(&id);
+    let mut damaged = std::fs::read(&data_file).expect("data file");
+    damaged[PIECE * 2 + 5] ^= 0x40;
+    std::fs::write(&data_file, &damaged).expect("damage");
+    let verify = mynet(&b.dir, &["verify", "--json"]);
+    assert!(!verify.status.success(), "damage is an error exit");
+    let report = last_json(&verify);
+    assert_eq!(report["damaged"], json!([{"id": id, "piece": 2}]), "{report}");
+    let healed = wait_complete(&b, &id, Duration::from_secs(30));
+    assert_eq!(healed["pieces_held"], 6);
+    let again = root.path().join("healed");
+    assert!(mynet(&b.dir, &["get", &id, "-o", again.to_str().expect("path")]).status.success());
+    assert_eq!(std::fs::read(&again).expect("healed copy"), data, "fetched again, byte-identical");
+    let status = b.try_status().expect("status");
+    assert_eq!(status["sync"]["damaged_pieces"], 1, "{status}");
+
     // Dropping the local copy.
     assert!(mynet(&c.dir, &["rm", &id]).status.success());
     assert!(item(&c, &id).is_none(), "removed");
     let verify = mynet(&b.dir, &["verify", "--json"]);
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
-    assert_eq!(last_json(&verify)["pieces_checked"], 6);
+    assert_eq!(last_json(&verify)["pieces_checked"], 6, "the healed store verifies clean");
     for node in [&mut a, &mut b, &mut c] {
         assert!(node.stop().success());
     }
