@@ -109,6 +109,11 @@ fn an_item_added_on_one_node_is_held_by_the_other_two_and_get_matches_its_hash()
     for node in [&mut a, &mut b, &mut c] {
         assert!(node.stop().success());
     }
+    // Each node's event log (pieces logged by reference) replays to every checkpoint.
+    for node in [&a, &b, &c] {
+        let replayed = mynet(&node.dir, &["replay"]);
+        assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stdout));
+    }
 }
 
 #[test]
@@ -175,4 +180,7 @@ fn a_download_killed_halfway_resumes_without_refetching_what_it_held() {
     for node in [&mut a, &mut b] {
         assert!(node.stop().success());
     }
+    // The killed node's log, across the crash and the restart, replays to every checkpoint.
+    let replayed = mynet(&b.dir, &["replay"]);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stdout));
 }
