@@ -166,7 +166,22 @@ impl Driver {
         for output in initial {
             driver.stage(needs, output);
         }
+        driver.reconcile_store()?;
         Ok(driver)
+    }
+
+    /// Items complete in the store that the node does not know of (the process died between
+    /// an import and its logged input) are handed to the node again, so store and log agree.
+    fn reconcile_store(&mut self) -> Result<()> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let items = store.shared().items().map_err(|e| anyhow!("reading the content store: {e}"))?;
+        for item in items.into_iter().filter(|i| i.complete()) {
+            if !self.journal.node().content().holds(&item.id) {
+                tracing::info!("item {} is complete in the store but was not in the event log: added", item.id);
+                self.feed(Input::Added { id: item.id, size: item.size })?;
+            }
+        }
+        Ok(())
     }
 
     /// The main loop. Returns when `shutdown` fires (Ok) or start-up fails (Err).

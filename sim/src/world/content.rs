@@ -311,6 +311,26 @@ impl World {
         Ok(())
     }
 
+    /// After a restart, as the production driver does: an item that is complete in the store
+    /// but unknown to the node (the process died between the import and the logged input) is
+    /// announced to the node again.
+    pub(super) fn reconcile_store(&mut self, n: usize) -> Result<(), SimError> {
+        let Some(h) = self.honest(n) else { return Ok(()) };
+        let Some(node) = h.journaled.as_ref().map(Journaled::node) else { return Ok(()) };
+        let mut missing = Vec::new();
+        for (id, held) in &h.store.held {
+            let Some(&i) = self.content.by_id.get(id) else { continue };
+            let item = &self.content.items[i];
+            if held.len() == item.hashes.len() && h.store.heads.contains(id) && !node.content().holds(id) {
+                missing.push((*id, item.size));
+            }
+        }
+        for (id, size) in missing {
+            self.node_input(n, Input::Added { id, size })?;
+        }
+        Ok(())
+    }
+
     /// After a restart: every piece the node counts as held is durable in its store.
     pub(super) fn check_held_durable(&self, n: usize) -> Result<(), SimError> {
         let (Some(node), Some(h)) = (self.node(n), self.honest(n)) else { return Ok(()) };

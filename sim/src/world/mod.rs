@@ -274,6 +274,8 @@ struct SimNode {
     clock: NodeClock,
     uplink_bps: u64,
     uplink_free_us: u64,
+    /// When the node's downlink (`DOWNLINK_FACTOR` times its uplink) is next free.
+    downlink_free_us: u64,
     /// The clock's wall skew before any jump.
     base_skew_ms: i64,
     /// Incremented on every crash and restart: events for an older epoch are dropped.
@@ -429,6 +431,7 @@ impl World {
             clock,
             uplink_bps,
             uplink_free_us: 0,
+            downlink_free_us: 0,
             base_skew_ms: skew,
             epoch: 0,
             next_inbound: 0,

@@ -3,6 +3,9 @@
 
 use super::*;
 
+/// A node's downlink is this many times its uplink (asymmetric access links).
+pub const DOWNLINK_FACTOR: u64 = 4;
+
 // ---- the network ----
 impl World {
     pub(super) fn end(&self, n: usize, conn: ConnId) -> End {
@@ -127,6 +130,14 @@ impl World {
         if self.blocked(end.0, peer.0) {
             let heal = self.partition.as_ref().map_or(now, |p| p.until_us);
             at = at.max(heal + delay);
+        }
+        // The receiver's downlink is shared by everything arriving at it: four providers
+        // cannot deliver faster than one downloader takes in.
+        let receiver = &mut self.nodes[peer.0];
+        if let Some(serialize_us) = (len as u64 * 1_000_000).checked_div(receiver.uplink_bps * DOWNLINK_FACTOR) {
+            let done = receiver.downlink_free_us.max(at.saturating_sub(serialize_us)) + serialize_us;
+            receiver.downlink_free_us = done;
+            at = at.max(done);
         }
         at
     }

@@ -250,7 +250,8 @@ impl World {
             h.last_sync_us = now;
         }
         self.check_held_durable(n)?;
-        self.after_step(n, outputs)
+        self.after_step(n, outputs)?;
+        self.reconcile_store(n)
     }
 
     pub(super) fn invariant(&self, n: usize, violation: Violation) -> SimError {
