@@ -52,6 +52,8 @@ pub enum Output {
     Serve { conn: ConnId, request: RequestId, what: Serve },
     /// Delete the item's data and metadata from the store.
     DeleteItem { id: ContentId },
+    /// The peer cancelled its request: drop the answer from `Serve` if it is not sent yet.
+    CancelServe { conn: ConnId, request: RequestId },
 }
 
 /// Counters that only grow.
@@ -181,6 +183,14 @@ impl Cx<'_> {
         // An encoding refusal was reported as an event; the request then times out like any.
         let _ = self.send(conn, &Message::Request { id, body });
         Ok(id)
+    }
+
+    /// Cancels our request `id` on `conn`: its answer is dropped without blame when it comes,
+    /// and the peer is told so it can skip sending it.
+    pub fn cancel(&mut self, conn: ConnId, id: RequestId) {
+        if self.requests.cancel(conn, id).is_some() {
+            let _ = self.send(conn, &Message::Cancel { id });
+        }
     }
 
     /// Answers the peer's request `id`.

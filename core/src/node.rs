@@ -694,6 +694,14 @@ impl Node {
                     }
                 }
             }
+            Message::Cancel { id } => {
+                // Cancels count against the content protocol's rate, like the requests they name.
+                if !self.state.requests.admit(self.state.now.mono, conn_id, crate::wire::Protocol::Content) {
+                    let violation = Violation::RequestFlood { kind: crate::wire::Kind::Cancel };
+                    return self.misbehaved(conn_id, CloseReason::Protocol(violation));
+                }
+                cx!(self).output(Output::CancelServe { conn: conn_id, request: id });
+            }
             // Pieces are split out of the stream by the driver (`content::stream`); one inside
             // the frame stream means the peer's framing is broken.
             Message::Piece { .. } => {

@@ -44,6 +44,9 @@ pub enum Message {
     /// on the stream (see `content::proto`). The driver's transport takes them out of the
     /// stream; the node itself never sees this message.
     Piece { id: RequestId, header: content::PieceHeader },
+    /// The sender no longer wants the answer to its request `id` (an endgame duplicate that
+    /// lost the race): the receiver drops it if it has not sent it yet. No answer.
+    Cancel { id: RequestId },
 }
 
 /// A request, by protocol. Adding a protocol adds one variant here and in [`Response`].
@@ -86,6 +89,7 @@ pub enum Kind {
     GetPiece,
     Piece,
     NotHeld,
+    Cancel,
 }
 
 impl Kind {
@@ -111,6 +115,7 @@ impl Kind {
             Kind::GetPiece => "get_piece",
             Kind::Piece => "piece",
             Kind::NotHeld => "not_held",
+            Kind::Cancel => "cancel",
         }
     }
 }
@@ -175,6 +180,7 @@ impl Message {
             Message::Request { body, .. } => body.kind(),
             Message::Response { body, .. } => body.kind(),
             Message::Piece { .. } => Kind::Piece,
+            Message::Cancel { .. } => Kind::Cancel,
         }
     }
 
@@ -186,6 +192,7 @@ impl Message {
             Message::Request { body: Request::Content(r), .. } => r.check_bounds(),
             Message::Response { body: Response::Content(r), .. } => r.check_bounds(),
             Message::Piece { header, .. } => header.piece_len().map(|_| ()),
+            Message::Cancel { .. } => Ok(()),
         }
     }
 }

@@ -614,3 +614,15 @@ fn a_joining_node_fetches_the_popular_items_a_bootstrap_node_names() {
         "{outputs:?}"
     );
 }
+
+/// A peer cancelling a request it made (an endgame duplicate that lost the race) makes the
+/// node tell its driver to drop the answer if it has not gone out yet; no answer is sent.
+#[test]
+fn a_cancel_from_a_peer_drops_the_answer_it_names() {
+    let (mut node, conn, _, _) = established_peer();
+    node.handle(at(10), Input::Received { conn, bytes: frame(&Message::Cancel { id: RequestId(5) }) });
+    let outputs = drain(&mut node);
+    assert!(outputs.contains(&Output::CancelServe { conn, request: RequestId(5) }), "{outputs:?}");
+    assert!(!outputs.iter().any(|o| matches!(o, Output::Send { .. })), "a cancel is not answered");
+    assert_eq!(node.peer_ids().len(), 1, "the connection stays");
+}

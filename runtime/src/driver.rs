@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Result, anyhow};
-use mynet_core::{ConnId, Event, Input, Mono, Output, Phase, StartupFailure, Time};
+use mynet_core::{ConnId, Event, Input, Mono, Output, Phase, RequestId, StartupFailure, Time};
 use mynet_storage::{Durable, EventLog, FjallLog, GroupCommitLog, Journaled};
 use serde_json::json;
 use std::sync::Arc;
@@ -79,6 +79,8 @@ struct ConnHandle {
     writer: Option<mpsc::Sender<Vec<u8>>>,
     pieces: Option<mpsc::Sender<Vec<u8>>>,
     serving: Arc<Semaphore>,
+    /// Answers being read or queued, by request, so a cancel can drop one not yet sent.
+    serves: HashMap<RequestId, tokio::task::AbortHandle>,
     /// The node closed it; the close waits for durability, and events for it are dropped.
     closing: bool,
 }
@@ -119,6 +121,7 @@ impl ConnHandle {
             writer: None,
             pieces: None,
             serving: Arc::new(Semaphore::new(content::SERVING_PER_CONN_MAX)),
+            serves: HashMap::new(),
             closing: false,
         }
     }
@@ -393,12 +396,19 @@ impl Driver {
             Output::StoreHead { id, size, cvs } => self.with_store(|s| s.store_head(id, size, cvs)),
             Output::StorePage { id, page, cvs } => self.with_store(|s| s.store_page(id, page, cvs)),
             Output::DeleteItem { id } => self.with_store(|s| s.delete(id)),
+            Output::CancelServe { conn, request } => {
+                if let Some(serve) = self.conns.get_mut(&conn).and_then(|h| h.serves.remove(&request)) {
+                    serve.abort();
+                }
+            }
             Output::Serve { conn, request, what } => {
-                let Some(handle) = self.conns.get(&conn) else { return };
+                let Some(handle) = self.conns.get_mut(&conn) else { return };
                 let (Some(writer), Some(pieces), Some(store)) = (&handle.writer, &handle.pieces, &self.store) else {
                     return;
                 };
-                tokio::spawn(content::serve(
+                // Forget finished answers (at most the connection's in-flight bound are live).
+                handle.serves.retain(|_, task| !task.is_finished());
+                let task = tokio::spawn(content::serve(
                     store.shared(),
                     conn,
                     request,
@@ -408,6 +418,7 @@ impl Driver {
                     handle.serving.clone(),
                     self.store_inputs.clone(),
                 ));
+                handle.serves.insert(request, task.abort_handle());
             }
         }
     }

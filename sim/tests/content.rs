@@ -88,3 +88,14 @@ fn an_item_imported_just_before_a_crash_is_not_lost() {
     let c = &summary.content;
     assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
 }
+
+/// Regression (`--seed 418 --nodes 40 --duration 10m --faults swarm --content 20`): a node that
+/// served bad pieces was banned by the bootstrap node and could never start again, which the
+/// liveness check counted as a failure of the network. Misbehaving servers are judged by what
+/// they do to others (their bad pieces are caught), not by whether they recover.
+#[test]
+fn a_banned_bad_content_server_does_not_fail_the_network() {
+    let summary = run(content(418, 40, 600_000, 20, "swarm")).unwrap_or_else(|e| panic!("{e}"));
+    let c = &summary.content;
+    assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
+}

@@ -143,7 +143,7 @@ impl Content {
         // The first verified copy wins; a duplicate still in flight is cancelled.
         if let Some(copies) = t.in_flight.remove(&index) {
             for (c, r, _) in copies {
-                cx.requests.cancel(c, r);
+                cx.cancel(c, r);
                 self.asked.remove(c, r);
                 if let Some(source) = t.sources.get_mut(&c) {
                     source.pieces = source.pieces.saturating_sub(1);
@@ -273,7 +273,7 @@ impl Content {
             self.asked.iter().filter(|(_, _, a)| a.item() == t.id).map(|(c, r, _)| (c, r)).collect();
         for (conn, request) in keys {
             self.asked.remove(conn, request);
-            cx.requests.cancel(conn, request);
+            cx.cancel(conn, request);
         }
     }
 

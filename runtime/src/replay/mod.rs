@@ -392,6 +392,10 @@ impl Describer {
                 format!("serve {what:?} on {conn} (request {request})")
             }
             Output::DeleteItem { id } => format!("delete {id}"),
+            Output::CancelServe { conn, request } => {
+                mentions.conns.push(*conn);
+                format!("cancel serving request {request} on {conn}")
+            }
         }
     }
 
@@ -497,6 +501,7 @@ fn describe_message(message: &Message, mentions: &mut Mentions) -> String {
             other => format!("{} {id}", other.kind()),
         },
         Message::Piece { id, header } => format!("piece {id}: {} of {}", header.index, header.id),
+        Message::Cancel { id } => format!("cancel {id}"),
     }
 }
 

@@ -16,6 +16,11 @@ impl World {
         };
         let graph = self.peer_graph();
         for (n, peers) in graph.iter().enumerate().take(self.honest) {
+            // A node that served bad content is banned by its peers (it may not even get
+            // through bootstrap again): that is the defence working, not a liveness failure.
+            if self.honest(n).is_some_and(|h| h.content_fault.is_some()) {
+                continue;
+            }
             let Some(node) = self.node(n) else {
                 return fail(LivenessFailure::NotRunning { node: n }, Some(n));
             };
@@ -25,9 +30,7 @@ impl World {
             // Peers that completed a handshake and answer requests count, honest or not; the
             // honest graph must still be connected.
             let all_peers = node.peer_ids().len();
-            // A node that served bad content is banned by its peers: that is the defence working.
-            let banned_server = self.honest(n).is_some_and(|h| h.content_fault.is_some());
-            if all_peers < target && !banned_server {
+            if all_peers < target {
                 let failure = LivenessFailure::TooFewPeers { node: n, peers: all_peers, honest: peers.len(), target };
                 return fail(failure, Some(n));
             }
