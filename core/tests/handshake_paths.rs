@@ -318,6 +318,16 @@ fn unreachable_bootstrap_fails_after_all_rounds() {
     assert_eq!(failures, 2);
     assert_eq!(node.phase(), Phase::Failed);
 }
+/// A node whose bootstrap node (key `[2; 32]`) completed the handshake; the requests the node
+/// sent it on the new link.
+fn joined_bootstrap(tweak: impl FnOnce(&mut Config)) -> (Node, ConnId, Vec<(RequestId, Kind)>) {
+    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
+    let (mut node, conn, binding) = joining_node(&bootstrap, tweak);
+    let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
+    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
+    let asked = requests_sent(&drain(&mut node), conn);
+    (node, conn, asked)
+}
 
 /// Establishes an inbound peer on a first node (binding [5; 32]); returns the node, the conn,
 /// the peer and the outputs of the step that completed the handshake.
@@ -416,11 +426,7 @@ fn an_answer_of_the_wrong_kind_is_a_violation() {
 
 #[test]
 fn outbound_limit_counts_dials_still_in_their_handshake() {
-    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
-    let (mut node, conn, binding) = joining_node(&bootstrap, |c| c.max_outbound = 3);
-    let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
-    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
-    let asked = requests_sent(&drain(&mut node), conn);
+    let (mut node, conn, asked) = joined_bootstrap(|c| c.max_outbound = 3);
     let (id, _) = *asked.iter().find(|(_, k)| *k == Kind::DiscoverPeers).expect("asks for peers");
     // The bootstrap node answers with ten dialable peers; none of them ever answers a dial.
     let records = (10..20u8)
@@ -542,11 +548,7 @@ fn discovery_requests_fit_the_receivers_bounds_with_many_peers() {
 /// anything, the discovery phase found nothing to wait for and start-up skipped it.
 #[test]
 fn start_up_waits_in_peer_discovery_for_the_bootstrap_nodes_answers() {
-    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
-    let (mut node, conn, binding) = joining_node(&bootstrap, |_| {});
-    let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
-    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
-    let asked = requests_sent(&drain(&mut node), conn);
+    let (mut node, conn, asked) = joined_bootstrap(|_| {});
     // Discovery asks for network info and peers; content asks for the peer's listing.
     assert_eq!(
         asked.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
@@ -573,11 +575,7 @@ fn start_up_waits_in_peer_discovery_for_the_bootstrap_nodes_answers() {
 /// content listing delays readiness by at most `initial_sync_max_ms`.
 #[test]
 fn the_initial_sync_ends_in_bounded_time_when_a_listing_never_comes() {
-    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
-    let (mut node, conn, binding) = joining_node(&bootstrap, |_| {});
-    let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
-    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
-    let asked = requests_sent(&drain(&mut node), conn);
+    let (mut node, conn, asked) = joined_bootstrap(|_| {});
     let info = Response::Discovery(discovery::Response::NetworkInfo(discovery::NetworkInfo::default()));
     node.handle(at(3), Input::Received { conn, bytes: frame(&Message::Response { id: asked[0].0, body: info }) });
     node.handle(at(4), Input::Received { conn, bytes: peers_answer(asked[1].0, Vec::new()) });
@@ -597,11 +595,7 @@ fn the_initial_sync_ends_in_bounded_time_when_a_listing_never_comes() {
 /// by a joining node, which asks for their metadata at once.
 #[test]
 fn a_joining_node_fetches_the_popular_items_a_bootstrap_node_names() {
-    let bootstrap = Identity::from_secret_bytes(&[2; 32]);
-    let (mut node, conn, binding) = joining_node(&bootstrap, |_| {});
-    let ack = build_hello(&bootstrap, Role::Responder, binding, "mynet-dev", "1.0.0", WALL, None);
-    node.handle(at(2), Input::Received { conn, bytes: frame(&Message::HelloAck(ack)) });
-    let asked = requests_sent(&drain(&mut node), conn);
+    let (mut node, conn, asked) = joined_bootstrap(|_| {});
     let popular = [9u8; 32];
     let info = discovery::NetworkInfo { popular_content: vec![popular], ..discovery::NetworkInfo::default() };
     let body = Response::Discovery(discovery::Response::NetworkInfo(info));

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{RunningNode, configure, last_json, mynet};
+use common::{RunningNode, first_node, joiner, last_json, mynet};
 use mynet_core::content::ContentId;
 use serde_json::{Value, json};
 
@@ -42,13 +42,8 @@ fn wait_complete(node: &RunningNode, id: &str, within: Duration) -> Value {
 #[test]
 fn an_item_added_on_one_node_is_held_by_the_other_two_and_get_matches_its_hash() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir, c_dir) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
-    configure(&a_dir, json!({}), &[]);
-    let mut a = RunningNode::start(&a_dir);
-    a.wait_ready(READY);
-    let entry = a.bootstrap_entry();
-    configure(&b_dir, json!({}), std::slice::from_ref(&entry));
-    configure(&c_dir, json!({}), std::slice::from_ref(&entry));
+    let mut a = first_node(root.path(), READY);
+    let (b_dir, c_dir) = (joiner(root.path(), "b", &a, json!({})), joiner(root.path(), "c", &a, json!({})));
     let mut b = RunningNode::start(&b_dir);
     let mut c = RunningNode::start(&c_dir);
     b.wait_ready(READY);
@@ -119,12 +114,9 @@ fn an_item_added_on_one_node_is_held_by_the_other_two_and_get_matches_its_hash()
 #[test]
 fn a_download_killed_halfway_resumes_without_refetching_what_it_held() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir) = (root.path().join("a"), root.path().join("b"));
-    configure(&a_dir, json!({}), &[]);
-    let mut a = RunningNode::start(&a_dir);
-    a.wait_ready(READY);
+    let mut a = first_node(root.path(), READY);
     // B fetches only what it is asked for, so the download starts when the test says.
-    configure(&b_dir, json!({"replicate": "none"}), std::slice::from_ref(&a.bootstrap_entry()));
+    let b_dir = joiner(root.path(), "b", &a, json!({"replicate": "none"}));
     let mut b = RunningNode::start(&b_dir);
     b.wait_ready(READY);
 

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{RunningNode, configure, last_json, mynet};
+use common::{RunningNode, configure, first_node, joiner, last_json, mynet};
 use serde_json::json;
 
 const READY: Duration = Duration::from_secs(20);
@@ -15,13 +15,9 @@ const READY: Duration = Duration::from_secs(20);
 #[test]
 fn three_processes_form_a_full_mesh_stop_cleanly_and_replay() {
     let root = tempfile::tempdir().expect("tempdir");
-    let (a_dir, b_dir, c_dir) = (root.path().join("a"), root.path().join("b"), root.path().join("c"));
-    configure(&a_dir, json!({}), &[]);
-    let mut a = RunningNode::start(&a_dir);
-    a.wait_ready(READY);
-    let entry = a.bootstrap_entry();
-    configure(&b_dir, json!({}), std::slice::from_ref(&entry));
-    configure(&c_dir, json!({}), std::slice::from_ref(&entry));
+    let mut a = first_node(root.path(), READY);
+    let a_dir = a.dir.clone();
+    let (b_dir, c_dir) = (joiner(root.path(), "b", &a, json!({})), joiner(root.path(), "c", &a, json!({})));
     let started = Instant::now();
     let mut b = RunningNode::start(&b_dir);
     let mut c = RunningNode::start(&c_dir);

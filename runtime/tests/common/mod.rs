@@ -45,6 +45,22 @@ pub fn configure(dir: &Path, node_config: Value, bootstrap: &[Value]) {
     fs::write(dir.join("bootstrap.json"), network.to_string()).expect("write bootstrap");
 }
 
+/// Starts the network's first node in `root/a` (no bootstrap list) and waits until it is ready.
+pub fn first_node(root: &Path, within: Duration) -> RunningNode {
+    let dir = root.join("a");
+    configure(&dir, json!({}), &[]);
+    let mut node = RunningNode::start(&dir);
+    node.wait_ready(within);
+    node
+}
+
+/// Configures `root/name` to join through `first`, with `node_config` on top; returns the dir.
+pub fn joiner(root: &Path, name: &str, first: &RunningNode, node_config: Value) -> PathBuf {
+    let dir = root.join(name);
+    configure(&dir, node_config, &[first.bootstrap_entry()]);
+    dir
+}
+
 /// A running node process; killed on drop if still running.
 pub struct RunningNode {
     pub dir: PathBuf,
