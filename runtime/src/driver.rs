@@ -16,7 +16,7 @@ use serde_json::json;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 
-use mynet_core::content::PieceData;
+use mynet_core::content::{ContentId, PieceData};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -479,7 +479,8 @@ impl Driver {
             "/content" => (200, serde_json::to_string(&self.journal.node().items()).unwrap_or_default()),
             _ if path.starts_with("/content/") => {
                 let id = path.trim_start_matches("/content/").split('/').next().unwrap_or_default();
-                match self.journal.node().items().into_iter().find(|i| i.id.to_string() == id) {
+                let item = ContentId::from_hex(id).ok().and_then(|cid| self.journal.node().content().item_status(&cid));
+                match item {
                     Some(item) => (200, serde_json::to_string(&item).unwrap_or_default()),
                     None => (404, json!({ "error": format!("no item {id} on this node") }).to_string()),
                 }

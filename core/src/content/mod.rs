@@ -352,36 +352,34 @@ impl Content {
 
     /// Every item for `mynet ls`, in id order.
     pub fn list(&self) -> Vec<ItemStatus> {
-        let mut out: Vec<ItemStatus> = self
-            .items
-            .iter()
-            .map(|(id, item)| ItemStatus {
-                id: *id,
-                size: item.size,
-                pieces: item.layout().pieces(),
-                pieces_held: item.held.ones(),
-                state: if item.complete() {
-                    "complete"
-                } else if self.queued.contains(id) {
-                    "queued"
-                } else {
-                    "partial"
-                },
-            })
-            .collect();
-        for id in self.queue.iter().filter(|id| !self.items.contains_key(id)) {
-            let size = self.remote.get(id).map_or(0, |r| r.size);
-            let pieces = Layout { size }.pieces();
-            out.push(ItemStatus { id: *id, size, pieces, pieces_held: 0, state: "queued" });
-        }
-        // Transfers still looking for the item's metadata.
-        for (id, t) in self.active.iter().filter(|(id, _)| !self.items.contains_key(id)) {
-            let size = t.layout.map_or(0, |l| l.size);
-            let pieces = Layout { size }.pieces();
-            out.push(ItemStatus { id: *id, size, pieces, pieces_held: 0, state: "fetching" });
-        }
+        let queued_only = self.queue.iter().filter(|id| !self.items.contains_key(id));
+        let fetching = self.active.keys().filter(|id| !self.items.contains_key(id));
+        let mut out: Vec<ItemStatus> =
+            self.items.keys().chain(queued_only).chain(fetching).filter_map(|id| self.item_status(id)).collect();
         out.sort_by_key(|i| i.id);
         out
+    }
+
+    /// One item as `mynet ls` shows it: held (wholly or partly), queued, or being looked for.
+    pub fn item_status(&self, id: &ContentId) -> Option<ItemStatus> {
+        if let Some(item) = self.items.get(id) {
+            let state = if item.complete() {
+                "complete"
+            } else if self.queued.contains(id) {
+                "queued"
+            } else {
+                "partial"
+            };
+            let (size, pieces, pieces_held) = (item.size, item.layout().pieces(), item.held.ones());
+            return Some(ItemStatus { id: *id, size, pieces, pieces_held, state });
+        }
+        let (size, state) = if self.queued.contains(id) {
+            (self.remote.get(id).map_or(0, |r| r.size), "queued")
+        } else {
+            // A transfer still looking for the item's metadata.
+            (self.active.get(id)?.layout.map_or(0, |l| l.size), "fetching")
+        };
+        Some(ItemStatus { id: *id, size, pieces: Layout { size }.pieces(), pieces_held: 0, state })
     }
 
     /// The most requested items we hold (SPEC R4.3 popular content).
