@@ -18,6 +18,8 @@ pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
 pub const NODE_CONFIG_FILE: &str = "node_config.json";
 /// Most bootstrap nodes a config may list.
 pub const BOOTSTRAP_NODES_MAX: usize = 64;
+/// Most keys `publishers` may name.
+pub const PUBLISHERS_MAX: usize = 1024;
 
 /// One entry of `bootstrap_nodes`: who to contact first and the key it must prove.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,6 +141,9 @@ config_schema! {
         protocol_version: String = crate::PROTOCOL_VERSION.to_string(),
         /// Nodes contacted at start-up; empty means this is the network's first node.
         bootstrap_nodes: Vec<BootstrapNode> = Vec::new(),
+        /// ed25519 public keys (hex) allowed to publish item metadata; empty: any node may
+        /// (development networks).
+        publishers: Vec<PublicKey> = Vec::new(),
     }
     node {
         /// Address the peer listener binds; port 0 picks any free port.
@@ -186,6 +191,8 @@ config_schema! {
         sync_workers: u32 = 3,
         /// Longest the start-up initial sync (phase 7) waits for its first queue to drain.
         initial_sync_max_ms: u64 = 60_000,
+        /// Period of the reconciliation rounds a node starts with each peer (SPEC R8).
+        reconcile_interval_ms: u64 = 30_000,
     }
 }
 
@@ -259,6 +266,16 @@ impl Config {
             Some(_) => {}
         }
         self.validate_bootstrap(&src)?;
+        if self.publishers.len() > PUBLISHERS_MAX {
+            return fail(
+                "publishers",
+                "publishers".into(),
+                format!("{} keys; at most {PUBLISHERS_MAX}", self.publishers.len()),
+            );
+        }
+        if let Some(i) = (1..self.publishers.len()).find(|i| self.publishers[..*i].contains(&self.publishers[*i])) {
+            return fail("publishers", format!("publishers[{i}]"), "listed twice".into());
+        }
         self.validate_limits(&src)
     }
 
@@ -299,7 +316,8 @@ impl Config {
     }
 
     fn validate_limits(&self, src: &dyn Fn(&'static str) -> Source) -> Result<(), ConfigError> {
-        let ranges: [(&'static str, u64, u64, u64); 19] = [
+        let ranges: [(&'static str, u64, u64, u64); 20] = [
+            ("reconcile_interval_ms", self.reconcile_interval_ms, 100, 86_400_000),
             ("sync_workers", u64::from(self.sync_workers), 1, 64),
             ("initial_sync_max_ms", self.initial_sync_max_ms, 0, 86_400_000),
             ("storage_max_bytes", self.storage_max_bytes, 0, u64::MAX),

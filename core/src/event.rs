@@ -111,6 +111,10 @@ pub enum Violation {
     BadPiece { index: u64 },
     /// Item metadata that does not verify against the content id.
     BadMetadata,
+    /// Signed item metadata that is malformed or whose signature does not verify.
+    ItemMeta(crate::reconcile::meta::Invalid),
+    /// A reconciliation answer that breaks the protocol.
+    Reconcile(String),
 }
 
 impl fmt::Display for Violation {
@@ -125,6 +129,8 @@ impl fmt::Display for Violation {
             Violation::SecondHandshake => f.write_str("second handshake"),
             Violation::BadPiece { index } => write!(f, "piece {index} failed verification"),
             Violation::BadMetadata => f.write_str("item metadata failed verification"),
+            Violation::ItemMeta(invalid) => write!(f, "signed item metadata refused: {}", invalid.as_str()),
+            Violation::Reconcile(what) => write!(f, "reconciliation: {what}"),
         }
     }
 }
@@ -311,6 +317,15 @@ pub enum Event {
         id: ContentId,
         error: String,
     },
+    /// Item metadata refused (from a peer, or our own edit when malformed).
+    MetaRefused {
+        conn: Option<ConnId>,
+        reason: crate::reconcile::meta::Invalid,
+    },
+    /// An item added here was not published: the network's `publishers` does not name us.
+    NotPublisher {
+        id: ContentId,
+    },
     /// Start-up phase 7 is over.
     InitialSyncDone {
         synced: u64,
@@ -377,6 +392,13 @@ impl fmt::Display for Event {
             }
             Event::PieceDamaged { id, index } => write!(f, "piece {index} of {id} damaged on disk: dropped"),
             Event::StoreFailed { id, error } => write!(f, "storing {id} failed: {error}"),
+            Event::MetaRefused { conn: Some(conn), reason } => {
+                write!(f, "item metadata from {conn} refused: {}", reason.as_str())
+            }
+            Event::MetaRefused { conn: None, reason } => write!(f, "item metadata refused: {}", reason.as_str()),
+            Event::NotPublisher { id } => {
+                write!(f, "item {id} kept here but not published: this node is not in the network's publishers")
+            }
             Event::InitialSyncDone { synced, pending } => {
                 write!(f, "initial sync done ({synced} synced, {pending} still pending)")
             }

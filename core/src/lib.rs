@@ -19,6 +19,7 @@ pub mod identity;
 pub mod node;
 pub mod peers;
 pub mod penalties;
+pub mod reconcile;
 pub mod request;
 pub mod time;
 pub mod wire;

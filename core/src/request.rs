@@ -37,6 +37,7 @@ impl fmt::Display for RequestId {
 pub enum Origin {
     Discovery,
     Content,
+    Reconcile,
 }
 
 /// A request we sent and have not settled.
@@ -206,7 +207,7 @@ impl Requests {
             return Answer::UnknownId;
         };
         let expected = peer.pending[at].expects;
-        if !crate::content::proto::answers(expected, got) {
+        if !(crate::content::proto::answers(expected, got) || crate::reconcile::proto::answers(expected, got)) {
             return Answer::WrongKind { expected };
         }
         let pending = peer.pending.remove(at);

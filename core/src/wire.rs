@@ -12,12 +12,13 @@ use thiserror::Error;
 use crate::content::proto as content;
 use crate::discovery;
 use crate::handshake::{self, Hello};
+use crate::reconcile;
 use crate::request::RequestId;
 
 pub use crate::discovery::{EXCLUDE_MAX, NetworkInfo, NetworkStats, PEERS_PER_ANSWER_MAX, PeerRecord};
 
 /// The wire format version carried in every frame (2: requests carry ids; 3: content).
-pub const WIRE_VERSION: u8 = 3;
+pub const WIRE_VERSION: u8 = 4;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 /// Largest frame body (version byte + payload) we accept or send. The largest message today
@@ -56,6 +57,8 @@ pub enum Request {
     Discovery(discovery::Request),
     /// Content: listings, announcements, metadata, pieces (SPEC R7).
     Content(content::Request),
+    /// Reconciliation of the catalogue (SPEC R8).
+    Reconcile(reconcile::proto::Request),
 }
 
 /// An answer, by protocol.
@@ -65,6 +68,8 @@ pub enum Response {
     Discovery(discovery::Response),
     /// Content.
     Content(content::Response),
+    /// Reconciliation.
+    Reconcile(reconcile::proto::Response),
 }
 
 /// Every kind of message, flat: what the request layer expects, what logs and filters name.
@@ -76,8 +81,6 @@ pub enum Kind {
     NetworkInfo,
     DiscoverPeers,
     Peers,
-    List,
-    Listing,
     Announce,
     Ack,
     GetHead,
@@ -90,6 +93,18 @@ pub enum Kind {
     Piece,
     NotHeld,
     Cancel,
+    Reconcile,
+    Equal,
+    Differs,
+    GetCells,
+    Cells,
+    GetKeys,
+    Keys,
+    GetMeta,
+    Metas,
+    Offer,
+    Taken,
+    Refused,
 }
 
 impl Kind {
@@ -102,8 +117,6 @@ impl Kind {
             Kind::NetworkInfo => "network_info",
             Kind::DiscoverPeers => "discover_peers",
             Kind::Peers => "peers",
-            Kind::List => "list",
-            Kind::Listing => "listing",
             Kind::Announce => "announce",
             Kind::Ack => "ack",
             Kind::GetHead => "get_head",
@@ -116,6 +129,18 @@ impl Kind {
             Kind::Piece => "piece",
             Kind::NotHeld => "not_held",
             Kind::Cancel => "cancel",
+            Kind::Reconcile => "reconcile",
+            Kind::Equal => "equal",
+            Kind::Differs => "differs",
+            Kind::GetCells => "get_cells",
+            Kind::Cells => "cells",
+            Kind::GetKeys => "get_keys",
+            Kind::Keys => "keys",
+            Kind::GetMeta => "get_meta",
+            Kind::Metas => "metas",
+            Kind::Offer => "offer",
+            Kind::Taken => "taken",
+            Kind::Refused => "refused",
         }
     }
 }
@@ -131,17 +156,19 @@ impl fmt::Display for Kind {
 pub enum Protocol {
     Discovery,
     Content,
+    Reconcile,
 }
 
 impl Protocol {
     /// How many protocols there are (the request layer keeps one rate window per protocol).
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 3;
 
     /// Dense index in `0..COUNT`.
     pub fn index(self) -> usize {
         match self {
             Protocol::Discovery => 0,
             Protocol::Content => 1,
+            Protocol::Reconcile => 2,
         }
     }
 
@@ -150,6 +177,7 @@ impl Protocol {
         match self {
             Protocol::Discovery => discovery::RATE_LIMIT,
             Protocol::Content => content::RATE_LIMIT,
+            Protocol::Reconcile => reconcile::proto::RATE_LIMIT,
         }
     }
 
@@ -158,6 +186,7 @@ impl Protocol {
         match self {
             Protocol::Discovery => discovery::IN_FLIGHT_MAX,
             Protocol::Content => content::IN_FLIGHT_MAX,
+            Protocol::Reconcile => reconcile::proto::IN_FLIGHT_MAX,
         }
     }
 }
@@ -191,6 +220,8 @@ impl Message {
             Message::Response { body: Response::Discovery(r), .. } => r.check_bounds(),
             Message::Request { body: Request::Content(r), .. } => r.check_bounds(),
             Message::Response { body: Response::Content(r), .. } => r.check_bounds(),
+            Message::Request { body: Request::Reconcile(r), .. } => r.check_bounds(),
+            Message::Response { body: Response::Reconcile(r), .. } => r.check_bounds(),
             Message::Piece { header, .. } => header.piece_len().map(|_| ()),
             Message::Cancel { .. } => Ok(()),
         }
@@ -203,6 +234,7 @@ impl Request {
         match self {
             Request::Discovery(r) => r.kind(),
             Request::Content(r) => r.kind(),
+            Request::Reconcile(r) => r.kind(),
         }
     }
 
@@ -211,6 +243,7 @@ impl Request {
         match self {
             Request::Discovery(r) => r.expects(),
             Request::Content(r) => r.expects(),
+            Request::Reconcile(r) => r.expects(),
         }
     }
 
@@ -219,6 +252,7 @@ impl Request {
         match self {
             Request::Discovery(_) => Protocol::Discovery,
             Request::Content(_) => Protocol::Content,
+            Request::Reconcile(_) => Protocol::Reconcile,
         }
     }
 }
@@ -229,6 +263,7 @@ impl Response {
         match self {
             Response::Discovery(r) => r.kind(),
             Response::Content(r) => r.kind(),
+            Response::Reconcile(r) => r.kind(),
         }
     }
 }

@@ -340,11 +340,10 @@ fn established_peer() -> (Node, ConnId, Identity, Vec<Output>) {
     node.handle(at(2), Input::Received { conn, bytes: hello_from(&peer, binding, "mynet-dev", "1.0.0", WALL) });
     let mut outputs = drain(&mut node);
     assert_eq!(node.peer_ids(), vec![peer.node_id()]);
-    // The content protocol asks every new peer for its listing; this peer holds nothing.
+    // Reconciliation starts a round with every new peer; this peer's catalogue is as empty.
     for (id, kind) in requests_sent(&outputs, conn) {
-        if kind == Kind::List {
-            let listing = mynet_core::content::proto::Response::Listing { items: Vec::new(), more: false };
-            let bytes = frame(&Message::Response { id, body: Response::Content(listing) });
+        if kind == Kind::Reconcile {
+            let bytes = frame(&Message::Response { id, body: Response::Reconcile(equal()) });
             node.handle(at(3), Input::Received { conn, bytes });
             outputs.extend(drain(&mut node));
         }
@@ -549,10 +548,10 @@ fn discovery_requests_fit_the_receivers_bounds_with_many_peers() {
 #[test]
 fn start_up_waits_in_peer_discovery_for_the_bootstrap_nodes_answers() {
     let (mut node, conn, asked) = joined_bootstrap(|_| {});
-    // Discovery asks for network info and peers; content asks for the peer's listing.
+    // Discovery asks for network info and peers; reconciliation starts a round.
     assert_eq!(
         asked.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
-        vec![Kind::GetNetworkInfo, Kind::DiscoverPeers, Kind::List]
+        vec![Kind::GetNetworkInfo, Kind::DiscoverPeers, Kind::Reconcile]
     );
     assert_eq!(node.phase(), Phase::PeerDiscovery, "waiting for the bootstrap node's answers");
     let info = Response::Discovery(discovery::Response::NetworkInfo(discovery::NetworkInfo::default()));
@@ -561,10 +560,9 @@ fn start_up_waits_in_peer_discovery_for_the_bootstrap_nodes_answers() {
     assert_eq!(node.phase(), Phase::PeerDiscovery, "one answer is still owed");
     node.handle(at(4), Input::Received { conn, bytes: peers_answer(asked[1].0, Vec::new()) });
     drain(&mut node);
-    // Phase 7: the initial sync waits for the bootstrap node's content listing.
+    // Phase 7: the initial sync waits for the first reconciliation round.
     assert_eq!(node.phase(), Phase::InitialSync);
-    let listing = mynet_core::content::proto::Response::Listing { items: Vec::new(), more: false };
-    let bytes = frame(&Message::Response { id: asked[2].0, body: Response::Content(listing) });
+    let bytes = frame(&Message::Response { id: asked[2].0, body: Response::Reconcile(equal()) });
     node.handle(at(5), Input::Received { conn, bytes });
     let outputs = drain(&mut node);
     assert_eq!(node.phase(), Phase::Ready);
@@ -572,15 +570,15 @@ fn start_up_waits_in_peer_discovery_for_the_bootstrap_nodes_answers() {
 }
 
 /// Start-up phase 7 never blocks start-up forever: a bootstrap node that never answers our
-/// content listing delays readiness by at most `initial_sync_max_ms`.
+/// reconciliation round delays readiness by at most `initial_sync_max_ms`.
 #[test]
-fn the_initial_sync_ends_in_bounded_time_when_a_listing_never_comes() {
+fn the_initial_sync_ends_in_bounded_time_when_a_round_never_ends() {
     let (mut node, conn, asked) = joined_bootstrap(|_| {});
     let info = Response::Discovery(discovery::Response::NetworkInfo(discovery::NetworkInfo::default()));
     node.handle(at(3), Input::Received { conn, bytes: frame(&Message::Response { id: asked[0].0, body: info }) });
     node.handle(at(4), Input::Received { conn, bytes: peers_answer(asked[1].0, Vec::new()) });
     drain(&mut node);
-    assert_eq!(node.phase(), Phase::InitialSync, "waiting for the listing");
+    assert_eq!(node.phase(), Phase::InitialSync, "waiting for the round");
     let limit = at(4).mono.plus_ms(node.config().initial_sync_max_ms);
     while node.phase() == Phase::InitialSync {
         let (due, _) = node.poll_timeout().expect("a deadline while waiting");
@@ -619,4 +617,8 @@ fn a_cancel_from_a_peer_drops_the_answer_it_names() {
     assert!(outputs.contains(&Output::CancelServe { conn, request: RequestId(5) }), "{outputs:?}");
     assert!(!outputs.iter().any(|o| matches!(o, Output::Send { .. })), "a cancel is not answered");
     assert_eq!(node.peer_ids().len(), 1, "the connection stays");
+}
+
+fn equal() -> mynet_core::reconcile::proto::Response {
+    mynet_core::reconcile::proto::Response::Equal
 }

@@ -1,6 +1,6 @@
-//! The exchange side of the content module: answering peers (listings, metadata from the
-//! store, availability, pieces) and learning what peers hold (listings on connect,
-//! announcements when an item is added or completed).
+//! The exchange side of the content module: answering peers (metadata from the store,
+//! availability, pieces) and learning what peers hold (announcements when an item is added or
+//! completed). Which items exist comes from the catalogue (the reconcile module), not from here.
 
 use super::*;
 
@@ -9,20 +9,6 @@ impl Content {
 
     pub fn handle_request(&mut self, cx: &mut Cx<'_>, conn: ConnId, id: RequestId, request: Request) {
         match request {
-            Request::List { after } => {
-                use core::ops::Bound;
-                let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-                let mut items: Vec<Listed> = self
-                    .items
-                    .range((start, Bound::Unbounded))
-                    .filter(|(_, i)| i.head_stored && i.held.ones() > 0)
-                    .take(LISTING_MAX + 1)
-                    .map(|(cid, i)| i.listed(*cid))
-                    .collect();
-                let more = items.len() > LISTING_MAX;
-                items.truncate(LISTING_MAX);
-                cx.respond(conn, id, wire::Response::Content(Response::Listing { items, more }));
-            }
             Request::Announce { items } => {
                 cx.respond(conn, id, wire::Response::Content(Response::Ack));
                 for listed in items {
@@ -65,47 +51,21 @@ impl Content {
         self.arm(cx);
     }
 
-    // ---- listings and announcements ----
+    // ---- announcements ----
 
-    pub(super) fn request_listing(&mut self, cx: &mut Cx<'_>, conn: ConnId) {
-        let Some(peer) = self.peers.get_mut(&conn) else { return };
-        let Some(after) = peer.listing else { return };
-        if peer.listing_pending {
-            return;
-        }
-        if cx.request(conn, wrap(Request::List { after }), Origin::Content, 0).is_ok() {
-            peer.listing_pending = true;
-        }
-    }
-
-    pub(super) fn on_listing(&mut self, cx: &mut Cx<'_>, conn: ConnId, response: Response) {
-        let Response::Listing { items, more } = response else { return };
-        let last = items.last().map(|l| l.id);
-        for listed in items {
-            self.learn(cx, conn, listed);
-        }
-        if let Some(peer) = self.peers.get_mut(&conn) {
-            peer.listing_pending = false;
-            peer.listing = if more && last.is_some() && self.remote.len() < REMOTE_MAX { Some(last) } else { None };
-        }
-        self.request_listing(cx, conn);
-        self.start_transfers(cx);
-        self.check_initial(cx);
-    }
-
-    /// A peer holds (part of) an item: remember it, add it as a source of a running
-    /// transfer, and queue it if the policy wants it.
+    /// A peer holds (part of) an item: remember it for an item the catalogue named (or one
+    /// being fetched), and add it as a source of a running transfer. Announcements never add
+    /// items: only signed metadata does.
     pub(super) fn learn(&mut self, cx: &mut Cx<'_>, conn: ConnId, listed: Listed) {
         if Layout::new(listed.size).is_err() {
             return;
         }
         let Some(peer) = self.peers.get_mut(&conn) else { return };
-        if !self.remote.contains_key(&listed.id) && self.remote.len() >= REMOTE_MAX {
+        let Some(remote) = self.remote.get_mut(&listed.id) else { return };
+        if remote.size != listed.size {
             return;
         }
         peer.holds.insert(listed.id);
-        let remote =
-            self.remote.entry(listed.id).or_insert_with(|| Remote { size: listed.size, holders: BTreeMap::new() });
         remote.holders.insert(conn, listed.complete);
         if let Some(t) = self.active.get_mut(&listed.id) {
             let avail = if listed.complete { Avail::All } else { Avail::Unknown };
@@ -114,14 +74,34 @@ impl Content {
                 source.avail = avail;
             }
             t.progress = cx.now.mono;
-            return self.pump(cx, listed.id);
+            self.pump(cx, listed.id);
         }
-        if self.holds(&listed.id) || self.queued.contains(&listed.id) || self.removed.contains(&listed.id) {
-            return;
+    }
+
+    /// Items new to the catalogue, or in a new version: remembered with their size, and
+    /// queued if the policy replicates them.
+    pub fn catalogued(&mut self, cx: &mut Cx<'_>, items: &[(ContentId, u64)]) {
+        for &(id, size) in items {
+            if Layout::new(size).is_err() {
+                continue;
+            }
+            if !self.remote.contains_key(&id) && self.remote.len() >= REMOTE_MAX {
+                continue;
+            }
+            self.remote.entry(id).or_insert_with(|| Remote { size, holders: BTreeMap::new() }).size = size;
+            if self.items.contains_key(&id)
+                || self.queued.contains(&id)
+                || self.active.contains_key(&id)
+                || self.removed.contains(&id)
+            {
+                continue;
+            }
+            if cx.config.replicate == Replicate::All {
+                self.push_queue(id, false, false);
+            }
         }
-        if cx.config.replicate == Replicate::All {
-            self.push_queue(listed.id, false, false);
-        }
+        self.start_transfers(cx);
+        self.check_initial(cx);
     }
 
     /// Tells every peer about an item we added or completed.

@@ -8,9 +8,6 @@ impl Content {
     // ---- answers ----
 
     pub fn handle_response(&mut self, cx: &mut Cx<'_>, conn: ConnId, pending: &Pending, response: Response) {
-        if pending.kind == wire::Kind::List {
-            return self.on_listing(cx, conn, response);
-        }
         if pending.kind == wire::Kind::Announce {
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.announce_pending = false;
@@ -50,13 +47,6 @@ impl Content {
     }
 
     pub fn on_request_failed(&mut self, cx: &mut Cx<'_>, conn: ConnId, pending: &Pending) {
-        if pending.kind == wire::Kind::List {
-            if let Some(peer) = self.peers.get_mut(&conn) {
-                peer.listing_pending = false;
-                peer.listing = None;
-            }
-            return self.check_initial(cx);
-        }
         if pending.kind == wire::Kind::Announce {
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.announce_pending = false;

@@ -5,7 +5,8 @@
 //! - `proto`: the wire messages and their bounds.
 //! - `stream`: how drivers split pieces out of a connection's byte stream.
 //! - `transfer`: one item being fetched.
-//! - `exchange`: answering peers and learning what they hold (listings, announcements).
+//! - `exchange`: answering peers, learning what they hold (announcements), and taking in
+//!   what the catalogue names (`catalogued`).
 //! - `fetch`: answers to our requests, the sync queue, and the transfer scheduler.
 //! - this file: the module's state, status, timers, phase 7, connections, operator inputs.
 //!
@@ -42,15 +43,15 @@ use crate::request::{Origin, Pending, RequestId};
 use crate::time::Mono;
 use crate::wire;
 use bits::Bits;
-use proto::{ANNOUNCE_MAX, LISTING_MAX, Listed, Request, Response};
+use proto::{ANNOUNCE_MAX, Listed, Request, Response};
 use transfer::{Avail, COPIES_MAX, LATE_MIN_MS, Source, Transfer, WINDOW_PIECES};
 
-/// Items remembered from peers' listings and announcements (ids, sizes, holders).
+/// Items remembered from the catalogue and peers' announcements (ids, sizes, holders).
 pub const REMOTE_MAX: usize = 200_000;
 /// Items waiting in the sync queue.
 pub const QUEUE_MAX: usize = REMOTE_MAX;
-/// Announcements waiting for one peer; past it the oldest are dropped (the peer's next
-/// listing of us carries them).
+/// Announcements waiting for one peer; past it the oldest are dropped (the transfer asks
+/// every peer when it knows no holder).
 pub const ANNOUNCE_QUEUE_MAX: usize = 1024;
 /// Items removed by the operator that replication will not fetch back (newest kept).
 pub const REMOVED_MAX: usize = 10_000;
@@ -166,10 +167,6 @@ impl Item {
     pub fn complete(&self) -> bool {
         self.held.all()
     }
-
-    fn listed(&self, id: ContentId) -> Listed {
-        Listed { id, size: self.size, complete: self.complete() }
-    }
 }
 
 /// An item a peer told us about.
@@ -186,9 +183,6 @@ struct Peer {
     node: NodeId,
     /// Items it told us it holds (bounded by `REMOTE_MAX` overall).
     holds: BTreeSet<ContentId>,
-    /// Its listing: still paging (`Some(after)`), or done.
-    listing: Option<Option<ContentId>>,
-    listing_pending: bool,
     announce: VecDeque<Listed>,
     announce_pending: bool,
     /// Measured delivery rate, bytes per second (0: not measured).
@@ -312,6 +306,8 @@ pub struct Content {
     /// Items whose transfer found no source, asked again every [`RETRY_MS`].
     retry: BTreeSet<ContentId>,
     retry_at: Option<Mono>,
+    /// The catalogue's first rounds since start-up are over.
+    settled: bool,
 }
 
 /// How often items whose transfer found no source are tried again.
@@ -466,7 +462,7 @@ impl Content {
 
     // ---- start-up phase 7 ----
 
-    /// Start-up reached the initial sync: it ends when what the first listings queued is
+    /// Start-up reached the initial sync: it ends when what the first reconciliation rounds queued is
     /// fetched, or after `initial_sync_max_ms`.
     pub fn enter_initial_sync(&mut self, cx: &mut Cx<'_>) {
         self.initial = Some(Initial { deadline: cx.now.mono.plus_ms(cx.config.initial_sync_max_ms) });
@@ -474,12 +470,16 @@ impl Content {
         self.check_initial(cx);
     }
 
-    fn check_initial(&mut self, cx: &mut Cx<'_>) {
+    /// The catalogue's first reconciliation rounds are over (what they found is queued).
+    pub fn catalogue_settled(&mut self) {
+        self.settled = true;
+    }
+
+    pub(crate) fn check_initial(&mut self, cx: &mut Cx<'_>) {
         if self.initial.is_none() {
             return;
         }
-        let listing = self.peers.values().any(|p| p.listing_pending);
-        if !listing && self.queue.is_empty() && self.active.is_empty() {
+        if self.settled && self.queue.is_empty() && self.active.is_empty() {
             self.end_initial_sync(cx);
         }
     }
@@ -498,8 +498,6 @@ impl Content {
         let peer = Peer {
             node: link.node_id,
             holds: BTreeSet::new(),
-            listing: Some(None),
-            listing_pending: false,
             announce: VecDeque::new(),
             announce_pending: false,
             rate: 0,
@@ -507,7 +505,7 @@ impl Content {
             failures: 0,
         };
         self.peers.insert(link.conn, peer);
-        self.request_listing(cx, link.conn);
+        self.flush_announcements(cx, link.conn);
     }
 
     pub fn on_closed(&mut self, cx: &mut Cx<'_>, closed: &Closed) {
@@ -544,6 +542,7 @@ impl Content {
             }
         }
         self.initial = None;
+        self.settled = false;
         self.next_tick = None;
         self.retry_at = None;
         for id in std::mem::take(&mut self.retry) {

@@ -1,6 +1,6 @@
 //! The content protocol's wire messages and their bounds.
 //!
-//! Metadata travels in frames: a listing page, an item's *head* (its piece chaining values
+//! Metadata travels in frames: an announcement, an item's *head* (its piece chaining values
 //! when it has one page, its page list otherwise), one page of piece chaining values, one
 //! page's availability bitfield. Pieces travel out of band: the answer to [`Request::Piece`] is
 //! a [`crate::wire::Message::Piece`] header frame followed by the piece's raw bytes, which the
@@ -12,8 +12,6 @@ use serde::{Deserialize, Serialize};
 use crate::content::verify::{ContentId, Layout, PAGES_MAX, PIECES_PER_PAGE};
 use crate::wire::{Kind, RateLimit, WireError};
 
-/// Items in one listing page (42 bytes each: about 21 KiB).
-pub const LISTING_MAX: usize = 512;
 /// Items in one announcement.
 pub const ANNOUNCE_MAX: usize = 64;
 /// Content requests a peer may make of us per window: a fast downloader asks for about a
@@ -24,7 +22,7 @@ pub const IN_FLIGHT_MAX: usize = 12;
 /// Bytes of one page's availability bitfield.
 pub const BITFIELD_LEN_MAX: usize = (PIECES_PER_PAGE / 8) as usize;
 
-/// An item as listed or announced: its id, size, and whether the sender holds all of it.
+/// An item as announced: its id, size, and whether the sender holds all of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listed {
     pub id: ContentId,
@@ -57,8 +55,6 @@ impl PieceHeader {
 /// The content protocol's requests.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// A page of the peer's items, in id order, after `after`.
-    List { after: Option<ContentId> },
     /// Items the sender just added or completed.
     Announce { items: Vec<Listed> },
     /// The item's size and head (piece chaining values, or the page list).
@@ -74,8 +70,6 @@ pub enum Request {
 /// The content protocol's answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// Answer to `List`.
-    Listing { items: Vec<Listed>, more: bool },
     /// Answer to `Announce`.
     Ack,
     /// Answer to `Head`.
@@ -91,7 +85,6 @@ pub enum Response {
 impl Request {
     pub fn kind(&self) -> Kind {
         match self {
-            Request::List { .. } => Kind::List,
             Request::Announce { .. } => Kind::Announce,
             Request::Head { .. } => Kind::GetHead,
             Request::Page { .. } => Kind::GetPage,
@@ -102,7 +95,6 @@ impl Request {
 
     pub fn expects(&self) -> Kind {
         match self {
-            Request::List { .. } => Kind::Listing,
             Request::Announce { .. } => Kind::Ack,
             Request::Head { .. } => Kind::Head,
             Request::Page { .. } => Kind::Page,
@@ -127,7 +119,6 @@ impl Request {
 impl Response {
     pub fn kind(&self) -> Kind {
         match self {
-            Response::Listing { .. } => Kind::Listing,
             Response::Ack => Kind::Ack,
             Response::Head { .. } => Kind::Head,
             Response::Page { .. } => Kind::Page,
@@ -139,9 +130,6 @@ impl Response {
     pub fn check_bounds(&self) -> Result<(), WireError> {
         let fail = |what: String| Err(WireError::OutOfBounds(what));
         match self {
-            Response::Listing { items, .. } if items.len() > LISTING_MAX => {
-                fail(format!("listing of {} items; at most {LISTING_MAX}", items.len()))
-            }
             Response::Head { cvs, .. } if cvs.len() as u64 > PAGES_MAX.max(PIECES_PER_PAGE) => {
                 fail(format!("head of {} entries", cvs.len()))
             }

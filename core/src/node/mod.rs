@@ -32,6 +32,7 @@ use crate::handshake::{self, Binding, Link};
 use crate::id::{ConnId, NodeId, PublicKey};
 use crate::identity::Identity;
 use crate::penalties::{Offender, POINTS_HANDSHAKE, POINTS_VIOLATION, Penalties};
+use crate::reconcile::Reconcile;
 use crate::request::{Answer, Expiry, Origin, Pending, RequestCounters, RequestId, Requests};
 use crate::time::{Mono, Time};
 use crate::wire::{self, Message, Request, Response};
@@ -57,10 +58,11 @@ struct State {
     bootstrap: Bootstrap,
     discovery: Discovery,
     content: Content,
+    reconcile: Reconcile,
 }
 
 /// Format byte of node snapshots.
-pub const SNAPSHOT_FORMAT: u8 = 3;
+pub const SNAPSHOT_FORMAT: u8 = 4;
 
 /// Encoded outputs are hashed in blocks of this size (BLAKE3 is several times faster on long
 /// inputs than on many short ones).
@@ -152,6 +154,7 @@ impl Node {
             counters: Counters::default(),
             bootstrap: Bootstrap::default(),
             content: Content::default(),
+            reconcile: Reconcile::default(),
         };
         let mut node = Node {
             identity,
@@ -205,6 +208,11 @@ impl Node {
     /// The content module (catalogue, transfers), read-only.
     pub fn content(&self) -> &Content {
         &self.state.content
+    }
+
+    /// The reconciliation module (catalogue of signed metadata), read-only.
+    pub fn reconcile(&self) -> &Reconcile {
+        &self.state.reconcile
     }
 
     /// Every item, for `mynet ls`.
@@ -280,6 +288,7 @@ impl Node {
             requests: self.state.requests.counters().clone(),
             content,
             sync,
+            reconcile: self.state.reconcile.status(),
         }
     }
 
@@ -377,7 +386,14 @@ impl Node {
             Input::Piece { conn, request, header, hash, data } => self.handle_piece(conn, request, header, hash, data),
             Input::Stored { pieces } => self.state.content.stored(&mut cx!(self), &pieces),
             Input::StoreFailed { pieces, error } => self.state.content.store_failed(&mut cx!(self), &pieces, &error),
-            Input::Added { id, size } => self.state.content.added(&mut cx!(self), id, size),
+            Input::Added { id, size } => {
+                self.state.content.added(&mut cx!(self), id, size);
+                self.run_deferred();
+                self.state.reconcile.publish(&mut cx!(self), &self.identity, id, size);
+            }
+            Input::Describe { id, size, tags } => {
+                self.state.reconcile.describe(&mut cx!(self), &self.identity, id, size, tags)
+            }
             Input::Want { id } => self.state.content.want(&mut cx!(self), id),
             Input::Remove { id } => self.state.content.remove(&mut cx!(self), id),
             Input::Damaged { piece } => self.state.content.damaged(&mut cx!(self), piece),
@@ -417,6 +433,7 @@ impl Node {
             s.bootstrap.poll_timeout().map(|at| (at, TimerKind::BootstrapRetry)),
             s.discovery.poll_timeout().map(|at| (at, TimerKind::Discovery)),
             s.content.poll_timeout().map(|at| (at, TimerKind::Content)),
+            s.reconcile.poll_timeout().map(|at| (at, TimerKind::Reconcile)),
         ]
         .into_iter()
         .flatten()
@@ -471,6 +488,8 @@ impl Node {
         self.state.discovery.handle_timeout(&mut cx!(self));
         self.run_deferred();
         self.state.content.handle_timeout(&mut cx!(self));
+        self.run_deferred();
+        self.state.reconcile.handle_timeout(&mut cx!(self));
     }
 
     fn handle_piece(&mut self, conn: ConnId, request: RequestId, header: PieceHeader, hash: [u8; 32], data: PieceData) {
@@ -506,6 +525,7 @@ impl Node {
         self.state.counters.restarts += 1;
         self.state.discovery.on_restart(&cx!(self));
         self.state.content.on_restart();
+        self.state.reconcile.on_restart();
         let now = self.state.now;
         self.start(now);
     }
@@ -517,6 +537,7 @@ impl Node {
         self.state.bootstrap.on_shutdown();
         self.state.discovery.on_shutdown();
         self.state.content.on_shutdown();
+        self.state.reconcile.on_shutdown();
     }
 
     // ---- routing ----
@@ -547,6 +568,7 @@ impl Node {
                         self.state.discovery.handle_request(&mut cx!(self), conn_id, peer, id, r, || content.popular())
                     }
                     Request::Content(r) => self.state.content.handle_request(&mut cx!(self), conn_id, id, r),
+                    Request::Reconcile(r) => self.state.reconcile.handle_request(&mut cx!(self), conn_id, id, r),
                 }
             }
             Message::Response { id, body } => {
@@ -591,6 +613,9 @@ impl Node {
             (Origin::Content, Response::Content(r)) => {
                 self.state.content.handle_response(&mut cx!(self), conn, pending, r)
             }
+            (Origin::Reconcile, Response::Reconcile(r)) => {
+                self.state.reconcile.handle_response(&mut cx!(self), conn, pending, r)
+            }
             // Kinds were matched against the request, so the protocol matches too.
             _ => {}
         }
@@ -600,6 +625,7 @@ impl Node {
         match pending.origin {
             Origin::Discovery => self.state.discovery.on_request_failed(&mut cx!(self), conn, pending),
             Origin::Content => self.state.content.on_request_failed(&mut cx!(self), conn, pending),
+            Origin::Reconcile => self.state.reconcile.on_request_failed(&mut cx!(self), conn, pending),
         }
     }
 
@@ -610,6 +636,10 @@ impl Node {
         self.run_deferred();
         if self.state.conns.contains(link.conn) {
             self.state.content.on_established(&mut cx!(self), link);
+            self.run_deferred();
+        }
+        if self.state.conns.contains(link.conn) {
+            self.state.reconcile.on_established(&mut cx!(self), link);
             self.run_deferred();
         }
         if self.state.conns.contains(link.conn) {
@@ -634,6 +664,9 @@ impl Node {
             }
             Startup::DiscoveryDone if self.state.phase == Phase::PeerDiscovery => {
                 self.set_phase(Phase::InitialSync);
+                if !self.state.reconcile.busy() {
+                    self.state.content.catalogue_settled();
+                }
                 self.state.content.enter_initial_sync(&mut cx!(self));
             }
             Startup::InitialSyncDone if self.state.phase == Phase::InitialSync => {
@@ -670,6 +703,11 @@ impl Node {
                 Deferred::Penalise(offender, points) => self.penalise(offender, points),
                 Deferred::Startup(step) => self.startup_step(step),
                 Deferred::Popular(ids) => self.state.content.queue_popular(&mut cx!(self), &ids),
+                Deferred::Catalogued(items) => self.state.content.catalogued(&mut cx!(self), &items),
+                Deferred::CatalogueSettled => {
+                    self.state.content.catalogue_settled();
+                    self.state.content.check_initial(&mut cx!(self));
+                }
             }
         }
     }
@@ -743,5 +781,7 @@ impl Node {
         self.state.discovery.on_closed(&mut cx!(self), &closed);
         self.run_deferred();
         self.state.content.on_closed(&mut cx!(self), &closed);
+        self.run_deferred();
+        self.state.reconcile.on_closed(&mut cx!(self), &closed);
     }
 }

@@ -39,6 +39,9 @@ pub enum Input {
     Want { id: ContentId },
     /// The operator dropped an item (`mynet rm`).
     Remove { id: ContentId },
+    /// A publisher's edit: a new version of the item's metadata with these tags, signed by
+    /// this node (`size` is used when the catalogue does not know the item yet).
+    Describe { id: ContentId, size: u64, tags: Vec<String> },
     /// A held piece read back damaged (serving, `mynet verify`); the store dropped it.
     Damaged { piece: PieceRef },
 }
@@ -60,6 +63,7 @@ impl Input {
             Input::Added { .. } => "added",
             Input::Want { .. } => "want",
             Input::Remove { .. } => "remove",
+            Input::Describe { .. } => "describe",
             Input::Damaged { .. } => "damaged",
         }
     }
@@ -73,6 +77,7 @@ pub enum TimerKind {
     BootstrapRetry,
     Discovery,
     Content,
+    Reconcile,
 }
 
 /// A connection that just ended, as every module hears of it.
@@ -134,4 +139,5 @@ pub struct NodeStatus {
     pub requests: RequestCounters,
     pub content: ContentStatus,
     pub sync: SyncStatus,
+    pub reconcile: crate::reconcile::ReconcileStatus,
 }

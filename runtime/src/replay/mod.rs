@@ -14,6 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, anyhow, bail};
 use mynet_core::discovery;
 use mynet_core::penalties::Offender;
+use mynet_core::reconcile::proto as reconcile;
 use mynet_core::wire::{FrameBuffer, Message, PeerRecord, Request, Response, WireError, decode_body};
 use mynet_core::{ConnId, Event, Identity, Input, Node, NodeId, Output};
 use mynet_storage::log::{EventLog, LogRecord, StorageError, read_records_from};
@@ -332,6 +333,7 @@ impl Describer {
             Input::StoreFailed { pieces, error } => format!("{}: {error}", describe_pieces("failed", pieces)),
             Input::Added { id, size } => format!("{id} ({size} bytes)"),
             Input::Want { id } | Input::Remove { id } => id.to_string(),
+            Input::Describe { id, tags, .. } => format!("{id} tags {}", tags.join(",")),
             Input::Damaged { piece } => format!("piece {} of {}", piece.index, piece.id),
         }
     }
@@ -491,17 +493,47 @@ fn describe_message(message: &Message, mentions: &mut Mentions) -> String {
         },
         Message::Request { id, body: Request::Content(request) } => format!("{} {id}: {request:?}", request.kind()),
         Message::Response { id, body: Response::Content(response) } => match response {
-            mynet_core::content::proto::Response::Listing { items, more } => {
-                format!("listing {id}: {} items{}", items.len(), if *more { ", more" } else { "" })
-            }
             mynet_core::content::proto::Response::Head { size, cvs } => {
                 format!("head {id}: {size} bytes, {} entries", cvs.len())
             }
             mynet_core::content::proto::Response::Page { cvs } => format!("page {id}: {} entries", cvs.len()),
             other => format!("{} {id}", other.kind()),
         },
+        Message::Request { id, body: Request::Reconcile(request) } => describe_reconcile_request(*id, request),
+        Message::Response { id, body: Response::Reconcile(response) } => describe_reconcile_response(*id, response),
         Message::Piece { id, header } => format!("piece {id}: {} of {}", header.index, header.id),
         Message::Cancel { id } => format!("cancel {id}"),
+    }
+}
+
+fn describe_reconcile_request(id: mynet_core::request::RequestId, request: &reconcile::Request) -> String {
+    match request {
+        reconcile::Request::Start { count, .. } => format!("reconcile {id}: {count} items"),
+        reconcile::Request::Cells { from, to } => format!("get_cells {id}: {from}..{to}"),
+        reconcile::Request::Keys { after } => {
+            format!("get_keys {id} after {}", after.map_or("the start".to_string(), |a| a.to_string()))
+        }
+        reconcile::Request::Get { ids } => format!("get_meta {id}: {} items", ids.len()),
+        reconcile::Request::Offer { metas } => format!("offer {id}: {} items", metas.len()),
+    }
+}
+
+fn describe_reconcile_response(id: mynet_core::request::RequestId, response: &reconcile::Response) -> String {
+    match response {
+        reconcile::Response::Equal => format!("equal {id}"),
+        reconcile::Response::Differs { count, len, counts, .. } => {
+            format!("differs {id}: {count} items there, {len} cells, {} counts", counts.len())
+        }
+        reconcile::Response::Cells { cells } => format!("cells {id}: {}", cells.len()),
+        reconcile::Response::Keys { keys, more } => {
+            format!("keys {id}: {}{}", keys.len(), if *more { ", more" } else { "" })
+        }
+        reconcile::Response::Metas { metas, answered } => format!("metas {id}: {} of {answered} asked", metas.len()),
+        reconcile::Response::Taken { refused, reason } => match reason {
+            Some(reason) => format!("taken {id}: {refused} refused ({})", reason.as_str()),
+            None => format!("taken {id}"),
+        },
+        reconcile::Response::Refused { reason } => format!("refused {id}: {reason:?}"),
     }
 }
 

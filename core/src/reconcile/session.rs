@@ -1,0 +1,316 @@
+//! One round of reconciliation from the asker's side, as a pure state machine over the local
+//! key set and the peer's answers (the module drives it over the request layer; the benchmark
+//! drives it in memory).
+//!
+//! 1. `Start` carries our size and cell 0 (about 60 bytes). Equal sets answer `Equal`: one
+//!    round trip. One differing key is pure in cell 0 and settles then too.
+//! 2. Otherwise the answer carries the counts of the peer's first [`ESTIMATE_CELLS`] cells; the
+//!    difference of counts estimates the difference's size `d` ([`sketch::estimate`]), and we
+//!    ask for about `2d` cells at once (in frame-sized chunks, pipelined), which peel with high
+//!    probability: two round trips. If they do not, we ask for half as many again.
+//! 3. When the difference is a large part of the peer's set (an empty node joining, a long
+//!    partition), listing the peer's keys is cheaper, and that is the bulk path: pages of keys
+//!    in id order, merged with ours as they come.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::content::verify::ContentId;
+use crate::reconcile::catalogue::KeySet;
+use crate::reconcile::proto::{CELLS_PER_MESSAGE, ESTIMATE_CELLS, Request, Response, WireCell, count_minus};
+use crate::reconcile::sketch::{self, Decoder, Key};
+
+/// Keys of ours one bulk step reports at most (the rest the peer finds in its own rounds).
+pub const OURS_PER_STEP_MAX: usize = 20_000;
+/// Bytes per cell and per key on the wire, for choosing the cheaper path.
+const CELL_BYTES: u64 = 50;
+const KEY_BYTES: u64 = 40;
+
+/// Cells to ask for when the difference is estimated at `estimate` keys.
+pub fn plan(estimate: f64) -> u32 {
+    (1.8 * estimate + 32.0).ceil().min(f64::from(u32::MAX)) as u32
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Stage {
+    Starting,
+    Cells {
+        decoder: Decoder,
+        /// Cells received in order so far (from 0).
+        have: u32,
+        /// Cells asked for (`have..asked` are in flight or in `chunks`).
+        asked: u32,
+        /// Most cells both sides keep.
+        limit: u32,
+        chunks: BTreeMap<u32, Vec<WireCell>>,
+    },
+    Keys,
+    Done,
+}
+
+/// What a round found (a batch of it: the bulk path reports page by page).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Keys the peer has and we do not (a missing item, or another version of one we have).
+    pub theirs: Vec<Key>,
+    /// Keys we have and the peer does not.
+    pub ours: Vec<Key>,
+}
+
+/// What to do after an answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    pub send: Vec<Request>,
+    pub found: Found,
+    /// The round is over (`found` is the last batch).
+    pub done: bool,
+}
+
+/// An answer that breaks the protocol (the peer is to blame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bad(pub &'static str);
+
+/// One round with one peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    stage: Stage,
+    /// Took the bulk path.
+    pub bulk: bool,
+    /// Cells asked for beyond the first plan (the estimate was low).
+    pub extended: u32,
+}
+
+impl Session {
+    /// A round and its first request.
+    pub fn start(set: &KeySet) -> (Session, Request) {
+        (Session { stage: Stage::Starting, bulk: false, extended: 0 }, set.start())
+    }
+
+    pub fn done(&self) -> bool {
+        self.stage == Stage::Done
+    }
+
+    /// Handles the answer to `asked`.
+    pub fn on_answer(&mut self, set: &KeySet, asked: &Request, answer: Response) -> Result<Step, Bad> {
+        match (asked, answer) {
+            (Request::Start { .. }, Response::Equal) => Ok(self.finish(Found::default())),
+            (Request::Start { .. }, Response::Differs { count, len, cell, counts }) => {
+                self.on_differs(set, count, len, cell, &counts)
+            }
+            (Request::Cells { from, to }, Response::Cells { cells }) => {
+                if cells.len() != (to - from) as usize {
+                    return Err(Bad("cells answer of the wrong length"));
+                }
+                self.on_cells(set, *from, cells)
+            }
+            (Request::Cells { .. }, Response::Refused { .. }) => Ok(self.go_bulk()),
+            (Request::Keys { after }, Response::Keys { keys, more }) => self.on_keys(set, *after, &keys, more),
+            _ => Err(Bad("answer does not fit the round")),
+        }
+    }
+
+    fn finish(&mut self, found: Found) -> Step {
+        self.stage = Stage::Done;
+        Step { send: Vec::new(), found, done: true }
+    }
+
+    fn go_bulk(&mut self) -> Step {
+        self.bulk = true;
+        self.stage = Stage::Keys;
+        Step { send: vec![Request::Keys { after: None }], found: Found::default(), done: false }
+    }
+
+    fn on_differs(
+        &mut self,
+        set: &KeySet,
+        count: u64,
+        len: u32,
+        cell: WireCell,
+        counts: &[[u8; 2]],
+    ) -> Result<Step, Bad> {
+        if self.stage != Stage::Starting {
+            return Err(Bad("second answer to a round's start"));
+        }
+        let ours = set.sketch().cells();
+        let mut diff0 = cell.minus(&ours[0]);
+        diff0.count = count as i64 - set.len() as i64;
+        let mut decoder = Decoder::default();
+        decoder.extend([diff0]);
+        if decoder.peel() {
+            return Ok(self.finish(Found { theirs: decoder.theirs().to_vec(), ours: decoder.ours().to_vec() }));
+        }
+        if set.is_empty() {
+            return Ok(self.go_bulk());
+        }
+        let n = counts.len().min(ours.len() - 1).min(ESTIMATE_CELLS);
+        let cs: Vec<i64> = (0..n).map(|k| count_minus(counts[k], &ours[k + 1])).collect();
+        let estimate = sketch::estimate(diff0.count, &cs);
+        let limit = (ours.len() as u32).min(len);
+        let want = plan(estimate);
+        // Listing the peer's keys is cheaper, or the difference is past what both keep.
+        if want > limit || u64::from(want) * CELL_BYTES > count * KEY_BYTES {
+            return Ok(self.go_bulk());
+        }
+        self.stage = Stage::Cells { decoder, have: 1, asked: want, limit, chunks: BTreeMap::new() };
+        Ok(Step { send: chunks(1, want), found: Found::default(), done: false })
+    }
+
+    fn on_cells(&mut self, set: &KeySet, from: u32, cells: Vec<WireCell>) -> Result<Step, Bad> {
+        let ours = set.sketch().cells();
+        let Stage::Cells { decoder, have, asked, limit, chunks: waiting } = &mut self.stage else {
+            return Err(Bad("cells outside a round"));
+        };
+        if from < *have || from >= *asked || waiting.contains_key(&from) {
+            return Err(Bad("cells not asked for"));
+        }
+        waiting.insert(from, cells);
+        while let Some(next) = waiting.remove(have) {
+            let start = *have as usize;
+            if start + next.len() > ours.len() {
+                // Our own prefix shrank under the round (it never does; be safe).
+                return Ok(self.go_bulk());
+            }
+            decoder.extend(next.iter().enumerate().map(|(k, c)| c.minus(&ours[start + k])));
+            *have += next.len() as u32;
+        }
+        if *have < *asked {
+            return Ok(Step::default());
+        }
+        if decoder.peel() {
+            let found = Found { theirs: decoder.theirs().to_vec(), ours: decoder.ours().to_vec() };
+            return Ok(self.finish(found));
+        }
+        let more = (*asked + (*asked / 2).max(32)).min(*limit);
+        if more <= *asked {
+            return Ok(self.go_bulk());
+        }
+        let from = *asked;
+        *asked = more;
+        self.extended += 1;
+        Ok(Step { send: chunks(from, more), found: Found::default(), done: false })
+    }
+
+    fn on_keys(&mut self, set: &KeySet, after: Option<ContentId>, keys: &[Key], more: bool) -> Result<Step, Bad> {
+        if self.stage != Stage::Keys {
+            return Err(Bad("keys outside the bulk path"));
+        }
+        let mut prev = after.map(|a| a.0);
+        for k in keys {
+            if prev.is_some_and(|p| k.id <= p) {
+                return Err(Bad("keys out of order"));
+            }
+            prev = Some(k.id);
+        }
+        if more && keys.is_empty() {
+            return Err(Bad("an empty page that says there is more"));
+        }
+        let upto = if more { keys.last().map(|k| ContentId(k.id)) } else { None };
+        let mut found = Found::default();
+        let mine = set.keys_between(after, upto);
+        let theirs: BTreeMap<[u8; 32], [u8; 8]> = keys.iter().map(|k| (k.id, k.tag)).collect();
+        for k in keys {
+            if set.tag(&ContentId(k.id)) != Some(k.tag) {
+                found.theirs.push(*k);
+            }
+        }
+        for k in mine {
+            if theirs.get(&k.id) != Some(&k.tag) && found.ours.len() < OURS_PER_STEP_MAX {
+                found.ours.push(k);
+            }
+        }
+        if !more {
+            return Ok(self.finish(found));
+        }
+        Ok(Step { send: vec![Request::Keys { after: upto }], found, done: false })
+    }
+}
+
+/// Requests for cells `from..to`, a frame's worth each.
+fn chunks(from: u32, to: u32) -> Vec<Request> {
+    (from..to)
+        .step_by(CELLS_PER_MESSAGE)
+        .map(|a| Request::Cells { from: a, to: (a + CELLS_PER_MESSAGE as u32).min(to) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeSet, VecDeque};
+
+    fn key(n: u64) -> Key {
+        let hash = blake3::hash(&n.to_le_bytes());
+        Key { id: *hash.as_bytes(), tag: [n as u8; 8] }
+    }
+
+    fn set(keys: impl Iterator<Item = u64>) -> KeySet {
+        let mut s = KeySet::default();
+        for k in keys {
+            s.put(key(k));
+        }
+        s
+    }
+
+    /// Runs a round in memory: (found theirs, found ours, round trips, bulk).
+    fn run(a: &KeySet, b: &KeySet) -> (BTreeSet<Key>, BTreeSet<Key>, u32, bool) {
+        let (mut session, first) = Session::start(a);
+        let mut queue = VecDeque::from([first]);
+        let (mut theirs, mut ours, mut trips) = (BTreeSet::new(), BTreeSet::new(), 0);
+        while !queue.is_empty() {
+            trips += 1;
+            for asked in std::mem::take(&mut queue) {
+                let answer = b.answer(&asked).expect("answerable");
+                let step = session.on_answer(a, &asked, answer).expect("valid");
+                theirs.extend(step.found.theirs);
+                ours.extend(step.found.ours);
+                queue.extend(step.send);
+            }
+        }
+        assert!(session.done());
+        (theirs, ours, trips, session.bulk)
+    }
+
+    #[test]
+    fn equal_sets_take_one_round_trip_and_one_key_too() {
+        let a = set(0..5_000);
+        let (t, o, trips, _) = run(&a, &a.clone());
+        assert!(t.is_empty() && o.is_empty());
+        assert_eq!(trips, 1);
+        let b = set(0..5_001);
+        let (t, o, trips, _) = run(&a, &b);
+        assert_eq!((t.len(), o.len(), trips), (1, 0, 1));
+    }
+
+    #[test]
+    fn a_difference_settles_in_two_round_trips_and_large_ones_go_bulk() {
+        let a = set(0..20_000);
+        let b = set(50..20_050);
+        let (t, o, trips, bulk) = run(&a, &b);
+        assert_eq!(t, (20_000..20_050).map(key).collect());
+        assert_eq!(o, (0..50).map(key).collect());
+        assert!(trips <= 3 && !bulk, "{trips} round trips");
+        // An empty node lists.
+        let (t, _, _, bulk) = run(&KeySet::default(), &b);
+        assert!(bulk);
+        assert_eq!(t.len(), 20_000);
+        // Half the set differs: listing is cheaper.
+        let c = set(10_000..30_000);
+        let (t, o, _, bulk) = run(&a, &c);
+        assert!(bulk);
+        assert_eq!((t.len(), o.len()), (10_000, 10_000));
+    }
+
+    #[test]
+    fn another_version_of_an_item_shows_on_both_sides() {
+        let a = set(0..1_000);
+        let mut b = a.clone();
+        let mut changed = key(7);
+        changed.tag = [99; 8];
+        b.put(changed);
+        let (t, o, trips, _) = run(&a, &b);
+        assert_eq!(t, BTreeSet::from([changed]));
+        assert_eq!(o, BTreeSet::from([key(7)]));
+        assert!(trips <= 2);
+    }
+}
