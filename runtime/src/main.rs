@@ -115,6 +115,18 @@ struct SimArgs {
     /// honest node must hold all of them by the end.
     #[arg(long, default_value_t = 0, value_name = "N")]
     content: usize,
+    /// N pairs of concurrent conflicting metadata edits of `--content` items, each pair by two
+    /// different publishers; every replica must converge on the conflict rule's winner.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    updates: usize,
+    /// Nodes 0..P are the network's publishers (items and edits come from them); 0: any node
+    /// may publish.
+    #[arg(long, default_value_t = 0, value_name = "P")]
+    publishers: usize,
+    /// Node 0 publishes N metadata-only items at 1 s and nodes replicate `none`: measures
+    /// reconciliation of a large catalogue that does not change.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    catalogue: usize,
 }
 
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
@@ -240,6 +252,9 @@ fn sim(args: SimArgs) -> Result<()> {
     }
     let mut config = mynet_sim::SimConfig::new(args.seed, args.nodes, args.duration);
     config.content = args.content;
+    config.updates = args.updates;
+    config.publishers = args.publishers;
+    config.catalogue = args.catalogue;
     let Some(mut config) = config.with_faults(&args.faults) else {
         bail!("unknown fault profile {:?}; choose one of {}", args.faults, mynet_sim::faults::PROFILE_NAMES.join(", "));
     };

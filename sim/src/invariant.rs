@@ -62,6 +62,12 @@ pub enum LivenessFailure {
         held: u64,
         pieces: u64,
     },
+    /// Replicas do not hold the same catalogue, or agree on a version the conflict rule
+    /// does not pick.
+    MetadataDiverged {
+        node: usize,
+        detail: String,
+    },
 }
 
 impl fmt::Display for LivenessFailure {
@@ -76,6 +82,7 @@ impl fmt::Display for LivenessFailure {
             LivenessFailure::ContentMissing { node, item, held, pieces } => {
                 write!(f, "node {node} holds {held} of {pieces} pieces of item {item}")
             }
+            LivenessFailure::MetadataDiverged { node, detail } => write!(f, "node {node}: metadata diverged: {detail}"),
         }
     }
 }

@@ -53,20 +53,29 @@ impl Content {
 
     // ---- announcements ----
 
-    /// A peer holds (part of) an item: remember it for an item the catalogue named (or one
-    /// being fetched), and add it as a source of a running transfer. Announcements never add
-    /// items: only signed metadata does.
+    /// A peer holds (part of) an item: remember it (its holders help once the catalogue
+    /// names it), add it as a source of a running transfer, and queue it if the catalogue
+    /// names it and the policy wants it. Announcements alone never make an item replicated:
+    /// only signed metadata does.
     pub(super) fn learn(&mut self, cx: &mut Cx<'_>, conn: ConnId, listed: Listed) {
         if Layout::new(listed.size).is_err() {
             return;
         }
         let Some(peer) = self.peers.get_mut(&conn) else { return };
-        let Some(remote) = self.remote.get_mut(&listed.id) else { return };
+        if !self.remote.contains_key(&listed.id) && self.remote.len() >= REMOTE_MAX {
+            return;
+        }
+        let remote = self.remote.entry(listed.id).or_insert_with(|| Remote {
+            size: listed.size,
+            holders: BTreeMap::new(),
+            catalogued: false,
+        });
         if remote.size != listed.size {
             return;
         }
         peer.holds.insert(listed.id);
         remote.holders.insert(conn, listed.complete);
+        let catalogued = remote.catalogued;
         if let Some(t) = self.active.get_mut(&listed.id) {
             let avail = if listed.complete { Avail::All } else { Avail::Unknown };
             let source = t.sources.entry(conn).or_insert(Source { avail: Avail::Unknown, pieces: 0 });
@@ -74,7 +83,20 @@ impl Content {
                 source.avail = avail;
             }
             t.progress = cx.now.mono;
-            self.pump(cx, listed.id);
+            return self.pump(cx, listed.id);
+        }
+        // A holder appeared for an item we want and are not fetching (its first transfer may
+        // have found nobody): fetch it now rather than at the next retry.
+        let id = listed.id;
+        if catalogued
+            && cx.config.replicate == Replicate::All
+            && !self.holds(&id)
+            && !self.queued.contains(&id)
+            && !self.removed.contains(&id)
+        {
+            self.retry.remove(&id);
+            self.push_queue(id, false, false);
+            self.start_transfers(cx);
         }
     }
 
@@ -88,7 +110,14 @@ impl Content {
             if !self.remote.contains_key(&id) && self.remote.len() >= REMOTE_MAX {
                 continue;
             }
-            self.remote.entry(id).or_insert_with(|| Remote { size, holders: BTreeMap::new() }).size = size;
+            let remote =
+                self.remote.entry(id).or_insert_with(|| Remote { size, holders: BTreeMap::new(), catalogued: true });
+            if remote.size != size {
+                // The signed size wins over what announcements claimed.
+                remote.size = size;
+                remote.holders.clear();
+            }
+            remote.catalogued = true;
             if self.items.contains_key(&id)
                 || self.queued.contains(&id)
                 || self.active.contains_key(&id)

@@ -175,6 +175,8 @@ struct Remote {
     size: u64,
     /// Holders on open connections, and whether they hold all of it.
     holders: BTreeMap<ConnId, bool>,
+    /// The catalogue names it (signed metadata): only then is it replicated.
+    catalogued: bool,
 }
 
 /// What the module knows of a connected peer.
@@ -514,7 +516,11 @@ impl Content {
         for id in &peer.holds {
             if let Some(remote) = self.remote.get_mut(id) {
                 remote.holders.remove(&conn);
-                if remote.holders.is_empty() && !self.queued.contains(id) && !self.active.contains_key(id) {
+                if remote.holders.is_empty()
+                    && !remote.catalogued
+                    && !self.queued.contains(id)
+                    && !self.active.contains_key(id)
+                {
                     self.remote.remove(id);
                 }
             }

@@ -48,11 +48,15 @@ use catalogue::{Catalogue, Put};
 use meta::{Invalid, Meta, Signed};
 use proto::{IN_FLIGHT_MAX, METAS_BYTES_MAX, METAS_PER_MESSAGE, Request, Response};
 use session::{Found, Session};
+use sketch::Key;
 
 /// Rounds in a row that found differences before waiting for the interval.
 pub const STREAK_MAX: u32 = 8;
 /// Items waiting to be fetched from one peer, or offered to it.
 pub const QUEUE_MAX: usize = 50_000;
+/// Peers a received new version is pushed to at once (the publisher pushes to all its peers;
+/// gossip with this fan-out reaches the rest in a few hops, and rounds catch any it missed).
+pub const FORWARD_FANOUT: usize = 3;
 /// Misbehaviour points for metadata from a key that may not publish (a misconfigured honest
 /// node forwards it too; bad signatures and malformed metadata close the connection).
 pub const POINTS_NOT_PUBLISHER: u32 = 20;
@@ -118,8 +122,9 @@ struct Peer {
     /// Round requests waiting for a slot, and those in flight.
     outbox: VecDeque<Request>,
     asked: BTreeMap<RequestId, Request>,
-    /// Items to fetch from it and to offer to it (each deduplicated by its set).
-    get: VecDeque<ContentId>,
+    /// Versions to fetch from it (by key: skipped if one arrives meanwhile) and items to
+    /// offer to it (each deduplicated by its set).
+    get: VecDeque<Key>,
     get_set: BTreeSet<ContentId>,
     offer: VecDeque<ContentId>,
     offer_set: BTreeSet<ContentId>,
@@ -141,9 +146,9 @@ impl Peer {
             && self.offer.is_empty()
     }
 
-    fn queue_get(&mut self, id: ContentId) {
-        if self.get.len() < QUEUE_MAX && self.get_set.insert(id) {
-            self.get.push_back(id);
+    fn queue_get(&mut self, key: Key) {
+        if self.get.len() < QUEUE_MAX && self.get_set.insert(ContentId(key.id)) {
+            self.get.push_back(key);
         }
     }
 
@@ -243,8 +248,13 @@ impl Reconcile {
             gets: BTreeMap::new(),
             offers_in_flight: 0,
         };
+        let lead = peer.lead;
         self.peers.insert(link.conn, peer);
-        self.start_round(cx, link.conn);
+        // The lower id starts rounds; while starting up both do, so a joining node's initial
+        // sync waits for what its own first rounds find.
+        if lead || cx.phase != crate::event::Phase::Ready {
+            self.start_round(cx, link.conn);
+        }
     }
 
     pub fn on_closed(&mut self, cx: &mut Cx<'_>, closed: &Closed) {
@@ -297,10 +307,18 @@ impl Reconcile {
                 continue;
             }
             if !peer.get.is_empty() {
-                let n = peer.get.len().min(METAS_PER_MESSAGE);
-                let ids: Vec<ContentId> = peer.get.drain(..n).collect();
-                for id in &ids {
-                    peer.get_set.remove(id);
+                let mut ids = Vec::new();
+                while ids.len() < METAS_PER_MESSAGE {
+                    let Some(key) = peer.get.pop_front() else { break };
+                    let id = ContentId(key.id);
+                    peer.get_set.remove(&id);
+                    // The version came meanwhile (pushed, or from another peer).
+                    if self.catalogue.set().tag(&id) != Some(key.tag) {
+                        ids.push(id);
+                    }
+                }
+                if ids.is_empty() {
+                    continue;
                 }
                 if let Ok(id) = cx.request(conn, wrap(Request::Get { ids: ids.clone() }), Origin::Reconcile, TAG_GET) {
                     self.stats.fetched += ids.len() as u64;
@@ -368,7 +386,10 @@ impl Reconcile {
                 let Some(ids) = peer.gets.remove(&pending.id) else { return };
                 let Response::Metas { metas, answered } = response else { return self.pump(cx, conn) };
                 for id in ids.iter().skip(usize::from(answered)) {
-                    peer.queue_get(*id);
+                    // Not answered for lack of room: ask again (any version will do).
+                    if peer.get.len() < QUEUE_MAX && peer.get_set.insert(*id) {
+                        peer.get.push_front(Key { id: id.0, tag: [0; 8] });
+                    }
                 }
                 let asked: BTreeSet<ContentId> = ids.into_iter().collect();
                 if metas.iter().any(|m| !asked.contains(&m.meta.id)) {
@@ -404,16 +425,18 @@ impl Reconcile {
         }
         if step.done {
             let session = peer.session.take();
-            let (bulk, extended) = session.map_or((false, 0), |s| (s.bulk, s.extended));
+            let (bulk, extended, equal) = session.map_or((false, 0, false), |s| (s.bulk, s.extended, s.equal));
             self.stats.rounds += 1;
             self.stats.bytes += peer.round_bytes;
             self.stats.bulk_rounds += u64::from(bulk);
             self.stats.extended_rounds += u64::from(extended > 0);
+            if equal {
+                self.stats.idle_rounds += 1;
+                self.stats.idle_bytes += peer.round_bytes;
+            }
             if peer.again {
                 peer.streak += 1;
             } else {
-                self.stats.idle_rounds += 1;
-                self.stats.idle_bytes += peer.round_bytes;
                 peer.streak = 0;
                 if peer.lead {
                     peer.next_round = Some(cx.now.mono.plus_ms(cx.config.reconcile_interval_ms));
@@ -430,7 +453,7 @@ impl Reconcile {
         let theirs: BTreeSet<[u8; 32]> = found.theirs.iter().map(|k| k.id).collect();
         for key in found.theirs {
             if self.catalogue.set().tag(&ContentId(key.id)) != Some(key.tag) {
-                peer.queue_get(ContentId(key.id));
+                peer.queue_get(key);
             }
         }
         for key in found.ours {
@@ -487,6 +510,18 @@ impl Reconcile {
         let mut first = None;
         let mut learned = Vec::new();
         for signed in metas {
+            // What we hold already, or what loses to it, needs no signature check (several
+            // peers push each new version; verifying is the expensive part).
+            match self.catalogue.get(&signed.meta.id) {
+                Some(held) if *held == signed => continue,
+                Some(held) if held.beats(&signed) => {
+                    if let Some(peer) = self.peers.get_mut(&conn) {
+                        peer.queue_offer(signed.meta.id);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
             if let Err(invalid) = signed.validate(&cx.config.publishers, cx.now.wall_ms) {
                 refused += 1;
                 first = first.or(Some(invalid));
@@ -546,9 +581,14 @@ impl Reconcile {
         }
     }
 
-    /// Pushes an item's metadata to every peer but `except`.
+    /// Pushes an item's metadata: a version we made to every peer, one we received to
+    /// [`FORWARD_FANOUT`] peers drawn at random (not `except`, which sent it).
     fn forward(&mut self, cx: &mut Cx<'_>, id: ContentId, except: Option<ConnId>) {
-        let conns: Vec<ConnId> = self.peers.keys().copied().filter(|c| Some(*c) != except).collect();
+        let mut conns: Vec<ConnId> = self.peers.keys().copied().filter(|c| Some(*c) != except).collect();
+        if except.is_some() {
+            crate::peers::partial_shuffle(cx.rng, &mut conns, FORWARD_FANOUT);
+            conns.truncate(FORWARD_FANOUT);
+        }
         for conn in conns {
             if let Some(peer) = self.peers.get_mut(&conn) {
                 peer.queue_offer(id);

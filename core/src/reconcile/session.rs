@@ -79,12 +79,14 @@ pub struct Session {
     pub bulk: bool,
     /// Cells asked for beyond the first plan (the estimate was low).
     pub extended: u32,
+    /// The sets were equal when the round started (one round trip, nothing to do).
+    pub equal: bool,
 }
 
 impl Session {
     /// A round and its first request.
     pub fn start(set: &KeySet) -> (Session, Request) {
-        (Session { stage: Stage::Starting, bulk: false, extended: 0 }, set.start())
+        (Session { stage: Stage::Starting, bulk: false, extended: 0, equal: false }, set.start())
     }
 
     pub fn done(&self) -> bool {
@@ -94,7 +96,10 @@ impl Session {
     /// Handles the answer to `asked`.
     pub fn on_answer(&mut self, set: &KeySet, asked: &Request, answer: Response) -> Result<Step, Bad> {
         match (asked, answer) {
-            (Request::Start { .. }, Response::Equal) => Ok(self.finish(Found::default())),
+            (Request::Start { .. }, Response::Equal) => {
+                self.equal = true;
+                Ok(self.finish(Found::default()))
+            }
             (Request::Start { .. }, Response::Differs { count, len, cell, counts }) => {
                 self.on_differs(set, count, len, cell, &counts)
             }
@@ -180,6 +185,10 @@ impl Session {
         if decoder.peel() {
             let found = Found { theirs: decoder.theirs().to_vec(), ours: decoder.ours().to_vec() };
             return Ok(self.finish(found));
+        }
+        if decoder.broken() {
+            // A set changed under the round; listing is immune to that.
+            return Ok(self.go_bulk());
         }
         let more = (*asked + (*asked / 2).max(32)).min(*limit);
         if more <= *asked {

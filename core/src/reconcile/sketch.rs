@@ -11,6 +11,8 @@
 //! go: a change touches the cells its mapping hits inside the prefix, about `2 ln(len/2)` of
 //! them (O(log n), 20 at the largest prefix). Nothing is rebuilt per round.
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
 /// What is reconciled: an item's id and the first 8 bytes of its signed metadata's hash (so
@@ -207,6 +209,11 @@ pub struct Decoder {
     theirs: Vec<Key>,
     /// Keys only we have.
     ours: Vec<Key>,
+    /// Every key peeled, to catch one that turns up again.
+    peeled: BTreeSet<Key>,
+    /// The cells contradict each other (a set changed while its cells were being sent): a key
+    /// turned up again after it was peeled. Peeling stops; the round must settle another way.
+    broken: bool,
 }
 
 impl Decoder {
@@ -237,10 +244,18 @@ impl Decoder {
     /// exactly `theirs` and `ours` (cell 0 holds every differing key, so an empty cell 0 with
     /// every cell zero means nothing is left).
     pub fn peel(&mut self) -> bool {
+        if self.broken {
+            return false;
+        }
         let len = self.cells.len() as u64;
         let mut pure: Vec<usize> = (0..self.cells.len()).filter(|i| self.cells[*i].pure().is_some()).collect();
         while let Some(i) = pure.pop() {
             let Some((key, sign)) = self.cells[i].pure() else { continue };
+            if !self.peeled.insert(key) {
+                // Peeling it again would put it back where it was never counted, and around.
+                self.broken = true;
+                return false;
+            }
             if sign > 0 {
                 self.theirs.push(key);
             } else {
@@ -259,7 +274,12 @@ impl Decoder {
     }
 
     pub fn done(&self) -> bool {
-        !self.cells.is_empty() && self.cells.iter().all(Cell::is_zero)
+        !self.broken && !self.cells.is_empty() && self.cells.iter().all(Cell::is_zero)
+    }
+
+    /// The cells contradict each other (see the field); more cells will not help.
+    pub fn broken(&self) -> bool {
+        self.broken
     }
 
     pub fn theirs(&self) -> &[Key] {
@@ -301,7 +321,6 @@ pub fn estimate(c0: i64, counts: &[i64]) -> f64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
 
     fn key(n: u32) -> Key {
         let hash = blake3::hash(&n.to_le_bytes());
@@ -376,6 +395,26 @@ mod tests {
             let e = estimate(b.first().count - a.first().count, &counts);
             assert!((e - f64::from(d)).abs() < f64::from(d) / 3.0, "d={d}: estimate {e}");
         }
+    }
+
+    /// Regression (sim `--catalogue 1000`, 10 nodes: the run hung and took 20 GiB): a key the
+    /// peer added between sending two chunks of cells is in the later cells only; peeling it
+    /// there put it into the earlier cells negated, peeling that put it back, and so on
+    /// forever. The decoder now stops and says the cells contradict each other.
+    #[test]
+    fn cells_that_contradict_each_other_stop_peeling() {
+        // A key that lands in the later cells.
+        let late = (50..)
+            .find(|k| Mapping::new(key(*k).checksum()).take_while(|i| *i < 256).any(|i| i >= 128))
+            .expect("some key does");
+        let ours = sketch(&(0..50).collect(), 256);
+        let before = ours.clone();
+        let after = sketch(&(0..50).chain([late]).collect(), 256);
+        let mut d = Decoder::default();
+        d.extend((0..128).map(|i| before.cells()[i].minus(&ours.cells()[i])));
+        d.extend((128..256).map(|i| after.cells()[i].minus(&ours.cells()[i])));
+        assert!(!d.peel());
+        assert!(d.broken() && !d.done());
     }
 
     proptest! {

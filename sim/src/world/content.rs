@@ -132,7 +132,7 @@ impl World {
             if let Some(&chosen) = self.config.content_sizes.get(i) {
                 size = chosen;
             }
-            let origin = (self.rng.next_u64() % self.honest as u64) as usize;
+            let origin = (self.rng.next_u64() % self.publisher_count() as u64) as usize;
             let at = duration_us / 20 + self.rng.next_u64() % (duration_us * 35 / 100).max(1);
             let item = SimItem::generate(key, size, origin, at);
             self.content.by_id.insert(item.id, i);
@@ -156,7 +156,8 @@ impl World {
         // The drawn node, or if it is down (not joined yet, crashed) the next one that runs.
         let up = |w: &World, n: usize| w.honest(n).is_some_and(|h| h.journaled.is_some());
         let drawn = self.content.items[i].origin;
-        let Some(n) = (0..self.honest).map(|k| (drawn + k) % self.honest).find(|n| up(self, *n)) else {
+        let publishers = self.publisher_count();
+        let Some(n) = (0..publishers).map(|k| (drawn + k) % publishers).find(|n| up(self, *n)) else {
             self.content.skipped += 1;
             return Ok(());
         };
@@ -166,7 +167,9 @@ impl World {
             h.store.heads.insert(item.id);
             h.store.held.insert(item.id, (0..item.hashes.len() as u64).collect());
         }
-        self.node_input(n, Input::Added { id: item.id, size: item.size })
+        self.node_input(n, Input::Added { id: item.id, size: item.size })?;
+        self.record_published(n, item.id);
+        Ok(())
     }
 
     /// Executes a node's content outputs.
@@ -255,13 +258,13 @@ impl World {
         self.bytes += len;
         self.content.bytes_transferred += len;
         let active = self.faults_active();
-        let at = self.delivery_time(end, peer, len as usize + 64, active);
-        if at - self.now_us > USER_TIMEOUT_US {
+        let at = self.delivery_time(end, peer, len as usize + 64, active, true);
+        if self.blocked_past_user_timeout(end, peer) {
             self.count("user_timeout_reset");
             return self.reset_link(end, self.now_us + USER_TIMEOUT_US, "connection timed out");
         }
         if let Some(link) = self.links.get_mut(&end) {
-            link.last_us = at;
+            link.last_piece_us = at;
         }
         self.schedule(at, Ev::Piece { to: peer, request, header, hash });
     }
@@ -327,6 +330,7 @@ impl World {
         }
         for (id, size) in missing {
             self.node_input(n, Input::Added { id, size })?;
+            self.record_published(n, id);
         }
         Ok(())
     }

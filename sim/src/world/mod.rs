@@ -7,9 +7,11 @@
 mod content;
 mod network;
 mod nodes;
+mod reconcile;
 mod report;
 
 pub use content::{ContentFault, ContentSummary, SimItem};
+pub use reconcile::ReconcileSummary;
 
 use report::EVENT_KINDS;
 pub use report::{TraceEvent, first_divergence, is_connected};
@@ -73,6 +75,13 @@ pub struct SimConfig {
     pub content: usize,
     /// Sizes of the first items, instead of random ones (tests of large, multi-page items).
     pub content_sizes: Vec<u64>,
+    /// Pairs of concurrent conflicting metadata edits by two publishers (`--updates N`).
+    pub updates: usize,
+    /// Nodes `0..P` are the network's `publishers` (`--publishers P`; 0: anyone may publish).
+    pub publishers: usize,
+    /// Metadata-only items node 0 publishes at 1 s (`--catalogue N`); nodes then replicate
+    /// `none`, so the run measures reconciliation of a large, unchanging catalogue.
+    pub catalogue: usize,
 }
 
 impl SimConfig {
@@ -90,6 +99,9 @@ impl SimConfig {
             record_trace: false,
             content: 0,
             content_sizes: Vec::new(),
+            updates: 0,
+            publishers: 0,
+            catalogue: 0,
         }
     }
 
@@ -101,7 +113,12 @@ impl SimConfig {
 
     /// The command line that reproduces this run.
     pub fn command(&self) -> String {
-        let content = if self.content > 0 { format!(" --content {}", self.content) } else { String::new() };
+        let mut content = if self.content > 0 { format!(" --content {}", self.content) } else { String::new() };
+        for (flag, n) in [("updates", self.updates), ("publishers", self.publishers), ("catalogue", self.catalogue)] {
+            if n > 0 {
+                content.push_str(&format!(" --{flag} {n}"));
+            }
+        }
         format!(
             "mynet sim --seed {} --nodes {} --duration {}ms --faults {}{content}",
             self.seed, self.nodes, self.duration_ms, self.faults.name
@@ -173,6 +190,8 @@ pub struct Summary {
     pub requests: mynet_core::request::RequestCounters,
     /// The content workload (`--content`).
     pub content: ContentSummary,
+    /// Reconciliation of the catalogue.
+    pub reconcile: ReconcileSummary,
 }
 
 #[derive(Clone, Debug)]
@@ -193,6 +212,8 @@ enum Ev {
     AddItem(usize),
     StoreDone { node: usize, epoch: u32, piece: mynet_core::content::PieceRef },
     Piece { to: End, request: mynet_core::RequestId, header: mynet_core::content::proto::PieceHeader, hash: [u8; 32] },
+    Edit { node: usize, item: usize, tag: u64 },
+    Catalogue,
 }
 
 impl Ev {
@@ -214,6 +235,8 @@ impl Ev {
             Ev::AddItem(i) => (13, *i, 0),
             Ev::StoreDone { node, piece, .. } => (14, *node, piece.index),
             Ev::Piece { to, .. } => (15, to.0, to.2.0),
+            Ev::Edit { node, tag, .. } => (16, *node, *tag),
+            Ev::Catalogue => (17, 0, 0),
         }
     }
 }
@@ -289,8 +312,11 @@ type End = (usize, u32, ConnId);
 
 struct Link {
     peer: End,
-    /// Last delivery time scheduled from this end (FIFO per direction).
+    /// Last delivery time of a control frame scheduled from this end (FIFO per direction).
     last_us: u64,
+    /// Last delivery time of a piece from this end (pieces are FIFO among themselves; control
+    /// frames overtake them, as the production writer sends them first).
+    last_piece_us: u64,
     stalled_until_us: u64,
 }
 
@@ -324,6 +350,7 @@ pub struct World {
     wall_started: Instant,
     outputs: Vec<Output>,
     content: content::Workload,
+    edits: reconcile::Edits,
 }
 
 impl World {
@@ -404,6 +431,7 @@ impl World {
             wall_started: Instant::now(),
             outputs: Vec::new(),
             content: content::Workload::default(),
+            edits: reconcile::Edits::default(),
         };
         world.schedule_faults();
         world
@@ -465,13 +493,15 @@ impl World {
             self.schedule(self.config.heal_at_us(), Ev::HealClocks);
         }
         self.schedule_content();
+        self.schedule_reconcile();
     }
 
     /// Runs until the configured duration, then checks liveness.
     pub fn run(&mut self) -> Result<(), SimError> {
         self.run_until(self.config.duration_ms * 1000)?;
         self.check_liveness()?;
-        self.check_content()
+        self.check_content()?;
+        self.check_reconcile()
     }
 
     /// Processes every event up to simulated time `until_us`.
@@ -549,6 +579,8 @@ impl World {
             Ev::AddItem(i) => self.add_item(i),
             Ev::StoreDone { node, epoch, piece } => self.store_done(node, epoch, piece),
             Ev::Piece { to, request, header, hash } => self.piece_arrives(to, request, header, hash),
+            Ev::Edit { node, item, tag } => self.edit(node, item, tag),
+            Ev::Catalogue => self.publish_catalogue(),
         }
     }
 

@@ -45,8 +45,8 @@ impl World {
         let inbound = ConnId::inbound(self.nodes[to].next_inbound);
         self.nodes[to].next_inbound += 1;
         let to_end = self.end(to, inbound);
-        self.links.insert(from, Link { peer: to_end, last_us: 0, stalled_until_us: 0 });
-        self.links.insert(to_end, Link { peer: from, last_us: 0, stalled_until_us: 0 });
+        self.links.insert(from, Link { peer: to_end, last_us: 0, last_piece_us: 0, stalled_until_us: 0 });
+        self.links.insert(to_end, Link { peer: from, last_us: 0, last_piece_us: 0, stalled_until_us: 0 });
         // The dialler's source port is ephemeral, as on a real host.
         let source = SocketAddr::new(self.nodes[from.0].addr.ip(), 40_000 + (from.2.0 % 20_000) as u16);
         self.node_input(to, Input::Incoming { conn: inbound, addr: source })
@@ -86,8 +86,8 @@ impl World {
             self.count("duplicate");
             return self.reset_link(end, self.now_us, "noise: message authentication failed");
         }
-        let at = self.delivery_time(end, peer, bytes.len(), active);
-        if at - self.now_us > USER_TIMEOUT_US {
+        let at = self.delivery_time(end, peer, bytes.len(), active, false);
+        if self.blocked_past_user_timeout(end, peer) {
             self.count("user_timeout_reset");
             return self.reset_link(end, self.now_us + USER_TIMEOUT_US, "connection timed out");
         }
@@ -97,18 +97,35 @@ impl World {
         self.schedule(at, Ev::Deliver { to: peer, bytes });
     }
 
+    /// Whether the link from `end` makes no progress for longer than the TCP user timeout: a
+    /// stall or a partition, not a long queue behind a slow uplink (queued bytes keep being
+    /// acknowledged, so TCP does not give up on them).
+    pub(super) fn blocked_past_user_timeout(&self, end: End, peer: End) -> bool {
+        let now = self.now_us;
+        let stalled = self.links.get(&end).map_or(0, |l| l.stalled_until_us);
+        let healed = if self.blocked(end.0, peer.0) { self.partition.as_ref().map_or(now, |p| p.until_us) } else { 0 };
+        stalled.max(healed).saturating_sub(now) > USER_TIMEOUT_US
+    }
+
     /// When bytes sent now from `end` arrive: latency, jitter, uplink serialization, loss and
     /// reordering delays, stalls, partitions; never before earlier bytes on the same link.
-    pub(super) fn delivery_time(&mut self, end: End, peer: End, len: usize, active: bool) -> u64 {
+    ///
+    /// Pieces queue behind each other on the sender's uplink and the receiver's downlink.
+    /// Control frames do not queue behind pieces: as in the production writer, which sends
+    /// control frames first and keeps at most a few pieces queued, they wait at most for the
+    /// piece being written.
+    pub(super) fn delivery_time(&mut self, end: End, peer: End, len: usize, active: bool, piece: bool) -> u64 {
         let now = self.now_us;
         let profile = self.config.faults.clone();
         let mut delay =
             self.nodes[end.0].place.latency_us(&self.nodes[peer.0].place) + upto(&mut self.rng, profile.jitter_us_max);
         let node = &mut self.nodes[end.0];
         if let Some(serialize_us) = (len as u64 * 1_000_000).checked_div(node.uplink_bps) {
-            let done = node.uplink_free_us.max(now) + serialize_us;
-            node.uplink_free_us = done;
-            delay += done - now;
+            let ahead = node.uplink_free_us.saturating_sub(now);
+            let wait =
+                if piece { ahead } else { ahead.min(mynet_core::content::PIECE_LEN * 1_000_000 / node.uplink_bps) };
+            node.uplink_free_us = node.uplink_free_us.max(now) + serialize_us;
+            delay += wait + serialize_us;
         }
         if active && chance(&mut self.rng, profile.loss) {
             self.count("loss");
@@ -126,7 +143,8 @@ impl World {
             }
         }
         let link = self.links.get(&end);
-        let mut at = (now + delay).max(link.map_or(0, |l| l.last_us)).max(link.map_or(0, |l| l.stalled_until_us));
+        let last = link.map_or(0, |l| if piece { l.last_piece_us } else { l.last_us });
+        let mut at = (now + delay).max(last).max(link.map_or(0, |l| l.stalled_until_us));
         if self.blocked(end.0, peer.0) {
             let heal = self.partition.as_ref().map_or(now, |p| p.until_us);
             at = at.max(heal + delay);
@@ -137,7 +155,9 @@ impl World {
         if let Some(serialize_us) = (len as u64 * 1_000_000).checked_div(receiver.uplink_bps * DOWNLINK_FACTOR) {
             let done = receiver.downlink_free_us.max(at.saturating_sub(serialize_us)) + serialize_us;
             receiver.downlink_free_us = done;
-            at = at.max(done);
+            if piece {
+                at = at.max(done);
+            }
         }
         at
     }
@@ -146,7 +166,7 @@ impl World {
     pub(super) fn close(&mut self, end: End) {
         let Some(link) = self.links.remove(&end) else { return };
         self.links.remove(&link.peer);
-        let at = (self.now_us + self.one_way(end.0, Some(link.peer.0))).max(link.last_us);
+        let at = (self.now_us + self.one_way(end.0, Some(link.peer.0))).max(link.last_us).max(link.last_piece_us);
         self.schedule(at, Ev::Closed { to: link.peer, reason: "connection closed by peer" });
     }
 

@@ -21,6 +21,17 @@ impl World {
     pub(super) fn node_config(&self, n: usize) -> Config {
         let mut config = self.config.node_config.clone();
         config.listen_addr = self.nodes[n].addr;
+        if self.config.publishers > 0 {
+            config.publishers = (0..self.publisher_count()).map(|p| self.nodes[p].identity.public_key()).collect();
+        }
+        if self.config.catalogue > 0 {
+            // A large catalogue makes every snapshot large: snapshot as production does, not
+            // every few hundred KiB of log as the simulator's default does.
+            let defaults = Config::default();
+            config.replicate = mynet_core::config::Replicate::None;
+            config.log_retain_bytes = defaults.log_retain_bytes;
+            config.snapshot_interval_events = defaults.snapshot_interval_events;
+        }
         if n > 0 {
             let first = &self.nodes[0];
             config.bootstrap_nodes = vec![BootstrapNode {
@@ -251,6 +262,7 @@ impl World {
         }
         self.check_held_durable(n)?;
         self.after_step(n, outputs)?;
+        self.forget_lost(n);
         self.reconcile_store(n)
     }
 

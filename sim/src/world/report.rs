@@ -143,6 +143,7 @@ impl World {
             faults_injected: self.counts.clone(),
             requests,
             content: self.content_summary(),
+            reconcile: self.reconcile_summary(),
         }
     }
 }
