@@ -454,6 +454,21 @@ mod tests {
     }
 
     #[test]
+    fn publishers_come_from_bootstrap_json_and_are_checked() {
+        let (a, b) = (Identity::from_secret_bytes(&[1; 32]), Identity::from_secret_bytes(&[2; 32]));
+        let bootstrap = format!(r#"{{"publishers":["{}","{}"]}}"#, a.public_key(), b.public_key());
+        let layered = load(Some(&bootstrap), None).expect("valid");
+        assert_eq!(layered.config.publishers, vec![a.public_key(), b.public_key()]);
+        assert_eq!(layered.sources["publishers"], Source::Bootstrap);
+        assert!(load(None, None).expect("defaults").config.publishers.is_empty(), "empty: anyone may publish");
+        let twice = format!(r#"{{"publishers":["{}","{}"]}}"#, a.public_key(), a.public_key());
+        let err = load(Some(&twice), None).expect_err("listed twice");
+        assert_eq!((err.file.as_str(), err.path.as_str()), ("bootstrap.json", "publishers[1]"));
+        let err = load(Some(r#"{"publishers":["abc"]}"#), None).expect_err("not a key");
+        assert!(err.path.starts_with("publishers"), "{err}");
+    }
+
+    #[test]
     fn errors_name_file_and_field() {
         let err = load(None, Some(r#"{"max_inbound": "many"}"#)).expect_err("bad type");
         assert_eq!((err.file.as_str(), err.path.as_str()), ("node_config.json", "max_inbound"));

@@ -112,6 +112,8 @@ struct PeerRequests {
     /// Requests we cancelled (their answer no longer matters), newest last, at most
     /// [`CANCELLED_MAX`]: an answer to one is dropped, not a violation.
     cancelled: std::collections::VecDeque<RequestId>,
+    /// When the peer last answered anything (or sent a piece).
+    heard: Mono,
 }
 
 /// Cancelled request ids remembered per connection.
@@ -125,6 +127,10 @@ pub struct RequestCounters {
     pub timed_out: u64,
     pub late: u64,
     pub served: u64,
+    /// Requests whose grace passed while the peer kept answering others (slow, not silent):
+    /// dropped without closing the connection.
+    #[serde(default)]
+    pub abandoned: u64,
 }
 
 /// The pending requests of every established connection.
@@ -140,8 +146,10 @@ impl Requests {
     /// Starts tracking a connection whose handshake completed.
     pub fn open(&mut self, conn: ConnId, now: Mono) {
         let windows = std::array::from_fn(|_| Window { start: now, count: 0 });
-        self.peers
-            .insert(conn, PeerRequests { next_id: 0, pending: Vec::new(), windows, cancelled: Default::default() });
+        self.peers.insert(
+            conn,
+            PeerRequests { next_id: 0, pending: Vec::new(), windows, cancelled: Default::default(), heard: now },
+        );
     }
 
     /// Forgets a connection and the requests pending on it (modules hear of the close itself).
@@ -254,6 +262,13 @@ impl Requests {
         self.deadlines.first().map(|(at, conn, _)| (*at, *conn))
     }
 
+    /// The peer on `conn` answered something (or sent a piece) at `now`.
+    pub fn heard(&mut self, conn: ConnId, now: Mono) {
+        if let Some(peer) = self.peers.get_mut(&conn) {
+            peer.heard = now;
+        }
+    }
+
     /// Handles every deadline at or before `now`, in deadline order.
     pub fn expire(&mut self, now: Mono) -> Vec<Expiry> {
         let mut out = Vec::new();
@@ -265,7 +280,15 @@ impl Requests {
             let Some(peer) = self.peers.get_mut(&conn) else { continue };
             let Ok(i) = peer.pending.binary_search_by_key(&id, |p| p.id) else { continue };
             if peer.pending[i].timed_out {
-                peer.pending.remove(i);
+                let request = peer.pending.remove(i);
+                // A peer that answered something since this request timed out is slow (a
+                // busy uplink shared by many downloaders), not silent: give up on this one
+                // request only.
+                let timed_out_at = Mono(at.0.saturating_sub(at.0.saturating_sub(request.sent.0) / 2));
+                if peer.heard >= timed_out_at {
+                    self.counters.abandoned += 1;
+                    continue;
+                }
                 // One unresponsive verdict per connection; the node closes it.
                 if !out.iter().any(|e| matches!(e, Expiry::Unresponsive { conn: c } if *c == conn)) {
                     out.push(Expiry::Unresponsive { conn });

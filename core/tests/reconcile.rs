@@ -66,8 +66,7 @@ fn badly_signed_metadata_is_refused_and_the_sender_closed() {
 #[test]
 fn metadata_from_a_key_that_may_not_publish_is_refused_and_penalised() {
     let publisher = Identity::from_secret_bytes(&[40; 32]);
-    let mut config = Config::default();
-    config.publishers = vec![publisher.public_key()];
+    let config = Config { publishers: vec![publisher.public_key()], ..Config::default() };
     let (mut node, conn, peer, _) = established_peer_with(config);
     let outputs = ask(&mut node, conn, 10, 50, Request::Offer { metas: vec![meta_by(&peer, 4, WALL)] });
     assert_eq!(answer(&outputs, conn, 50), Some(Response::Taken { refused: 1, reason: Some(Invalid::NotPublisher) }));

@@ -521,6 +521,7 @@ impl Driver {
             "requests": status.requests,
             "content": status.content,
             "sync": status.sync,
+            "reconcile": status.reconcile,
             "event_log_next_seq": self.journal.log().next_seq(),
             "event_log_durable_seq": self.durable.borrow().clone().unwrap_or_default(),
             "outputs_awaiting_durability": self.held.len(),

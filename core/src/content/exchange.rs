@@ -88,7 +88,9 @@ impl Content {
         // A holder appeared for an item we want and are not fetching (its first transfer may
         // have found nobody): fetch it now rather than at the next retry.
         let id = listed.id;
-        if catalogued
+        // Partly held: we were fetching it (the catalogue named it, or the operator asked).
+        let wanted = catalogued || self.items.contains_key(&id);
+        if wanted
             && cx.config.replicate == Replicate::All
             && !self.holds(&id)
             && !self.queued.contains(&id)

@@ -540,7 +540,11 @@ impl Content {
         // Every connection is gone; transfers resume from the held pieces when peers return.
         self.peers.clear();
         self.asked.clear();
-        self.remote.clear();
+        // Holders were connections of the old process; what the catalogue named stays.
+        self.remote.retain(|_, r| r.catalogued);
+        for remote in self.remote.values_mut() {
+            remote.holders.clear();
+        }
         let ids: Vec<ContentId> = self.active.keys().copied().collect();
         for id in ids.into_iter().rev() {
             if let Some(t) = self.active.remove(&id) {

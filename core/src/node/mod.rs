@@ -496,6 +496,7 @@ impl Node {
         let Some(peer) = self.state.conns.get(conn).and_then(|c| c.established()).map(|e| e.node_id) else { return };
         let len = header.piece_len().unwrap_or(0);
         self.state.counters.bytes_in += len;
+        self.state.requests.heard(conn, self.state.now.mono);
         match self.state.requests.answer(conn, request, crate::wire::Kind::Piece) {
             Answer::Expected(pending) => {
                 self.state.content.on_piece(&mut cx!(self), conn, peer, &pending, header, hash, data)
@@ -573,6 +574,7 @@ impl Node {
             }
             Message::Response { id, body } => {
                 let kind = body.kind();
+                self.state.requests.heard(conn_id, self.state.now.mono);
                 match self.state.requests.answer(conn_id, id, kind) {
                     Answer::Expected(pending) => self.route_response(conn_id, peer, &pending, body),
                     Answer::Late(_) | Answer::Cancelled => {

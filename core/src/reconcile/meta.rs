@@ -26,8 +26,11 @@ pub const TAGS_MAX: usize = 16;
 pub const RELATIONS_MAX: usize = 16;
 /// Bytes of a tag, a relation type or a key id.
 pub const LABEL_MAX: usize = 64;
-/// A version may be this far ahead of the receiver's clock.
-pub const FUTURE_MAX_MS: u64 = 5 * 60 * 1000;
+/// A version may be this far ahead of the receiver's clock. Honest clocks err by seconds to
+/// minutes (a VM resumed, NTP lost, a clock stepped by hand: the simulator's swarm jumps clocks
+/// by up to 10 minutes), and refusing their edits would keep replicas apart until the clock
+/// behind catches up; an hour ahead is a broken clock or an attack, and what it signs waits.
+pub const FUTURE_MAX_MS: u64 = 60 * 60 * 1000;
 /// What the signature covers starts with this (so it cannot be replayed as another message).
 const CONTEXT: &[u8] = b"mynet item metadata v1\0";
 

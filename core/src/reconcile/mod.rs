@@ -57,6 +57,8 @@ pub const QUEUE_MAX: usize = 50_000;
 /// Peers a received new version is pushed to at once (the publisher pushes to all its peers;
 /// gossip with this fan-out reaches the rest in a few hops, and rounds catch any it missed).
 pub const FORWARD_FANOUT: usize = 3;
+/// How soon work that found no request slot is tried again.
+pub const RETRY_MS: u64 = 1_000;
 /// Misbehaviour points for metadata from a key that may not publish (a misconfigured honest
 /// node forwards it too; bad signatures and malformed metadata close the connection).
 pub const POINTS_NOT_PUBLISHER: u32 = 20;
@@ -130,6 +132,9 @@ struct Peer {
     offer_set: BTreeSet<ContentId>,
     gets: BTreeMap<RequestId, Vec<ContentId>>,
     offers_in_flight: u32,
+    /// Work is waiting but the request layer had no slot (the connection's other protocols
+    /// filled it) and nothing of ours is in flight to bring us back: try again then.
+    retry_at: Option<Mono>,
 }
 
 impl Peer {
@@ -209,10 +214,19 @@ impl Reconcile {
     // ---- timers ----
 
     pub fn poll_timeout(&self) -> Option<Mono> {
-        self.peers.values().filter_map(|p| p.next_round).min()
+        self.peers.values().flat_map(|p| [p.next_round, p.retry_at]).flatten().min()
     }
 
     pub fn handle_timeout(&mut self, cx: &mut Cx<'_>) {
+        let now = cx.now.mono;
+        let stalled: Vec<ConnId> =
+            self.peers.iter().filter(|(_, p)| p.retry_at.is_some_and(|at| at <= now)).map(|(c, _)| *c).collect();
+        for conn in stalled {
+            if let Some(peer) = self.peers.get_mut(&conn) {
+                peer.retry_at = None;
+            }
+            self.pump(cx, conn);
+        }
         let due: Vec<ConnId> = self
             .peers
             .iter()
@@ -247,6 +261,7 @@ impl Reconcile {
             offer_set: BTreeSet::new(),
             gets: BTreeMap::new(),
             offers_in_flight: 0,
+            retry_at: None,
         };
         let lead = peer.lead;
         self.peers.insert(link.conn, peer);
@@ -355,6 +370,10 @@ impl Reconcile {
                 break;
             }
             break;
+        }
+        let waiting = !peer.outbox.is_empty() || !peer.get.is_empty() || !peer.offer.is_empty();
+        if waiting && peer.in_flight() == 0 && peer.retry_at.is_none() {
+            peer.retry_at = Some(cx.now.mono.plus_ms(RETRY_MS));
         }
         // The exchange drained after a round that found differences: look again.
         if peer.again && peer.session.is_none() && peer.in_flight() == 0 && peer.get.is_empty() && peer.offer.is_empty()

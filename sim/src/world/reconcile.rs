@@ -133,20 +133,19 @@ impl World {
         self.edits.lost.extend(lost);
     }
 
-    /// The version replicas must agree on: the conflict rule's winner among those not lost.
-    fn winner(&self, id: &ContentId) -> Option<&Signed> {
-        let versions = self.edits.published.get(id)?;
-        versions.iter().filter(|v| !self.edits.lost.contains(&v.hash())).max_by_key(|v| v.order())
-    }
-
     /// Whether the run reconciles anything (content, edits or a catalogue).
     fn reconciles(&self) -> bool {
         self.config.content > 0 || self.config.catalogue > 0
     }
 
-    /// Honest nodes running at the end, and their catalogue digests.
+    /// Honest nodes running at the end, and their catalogue digests. Nodes that served bad
+    /// content are left out: their peers banned them, so they are cut off by design (as the
+    /// peer and content liveness checks leave them out).
     fn digests(&self) -> Vec<(usize, [u8; 32])> {
-        (0..self.honest).filter_map(|n| self.node(n).map(|node| (n, node.reconcile().catalogue().digest()))).collect()
+        (0..self.honest)
+            .filter(|n| self.honest(*n).is_some_and(|h| h.content_fault.is_none()))
+            .filter_map(|n| self.node(n).map(|node| (n, node.reconcile().catalogue().digest())))
+            .collect()
     }
 
     /// Liveness: after the faults heal, every honest replica holds the same catalogue, with
@@ -175,8 +174,19 @@ impl World {
             }
         }
         let Some(catalogue) = reference else { return Ok(()) };
+        // Authors that served bad content are banned: what they published may never have left.
+        let banned: BTreeSet<mynet_core::id::PublicKey> = (0..self.honest)
+            .filter(|n| self.honest(*n).is_some_and(|h| h.content_fault.is_some()))
+            .map(|n| self.nodes[n].identity.public_key())
+            .collect();
         for id in self.edits.published.keys() {
-            let Some(winner) = self.winner(id) else { continue };
+            let Some(versions) = self.edits.published.get(id) else { continue };
+            let winner = versions
+                .iter()
+                .filter(|v| !self.edits.lost.contains(&v.hash()))
+                .filter(|v| !banned.contains(&v.meta.author) || catalogue.get(id) == Some(*v))
+                .max_by_key(|v| v.order());
+            let Some(winner) = winner else { continue };
             let detail = match catalogue.get(id) {
                 None => format!("item {id} was published but no replica holds it"),
                 Some(held) if held != winner => format!(
