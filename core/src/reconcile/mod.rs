@@ -560,13 +560,8 @@ impl Reconcile {
                     learned.push((id, size));
                     self.forward(cx, id, Some(conn));
                 }
-                Put::Same => {}
-                Put::Kept => {
-                    // The peer holds a losing version: ours goes back to it.
-                    if let Some(peer) = self.peers.get_mut(&conn) {
-                        peer.queue_offer(id);
-                    }
-                }
+                // Checked above: what we hold, or what loses to it, never gets here.
+                Put::Same | Put::Kept => {}
             }
         }
         if !learned.is_empty() {

@@ -46,7 +46,7 @@ impl WireCell {
     pub fn minus(&self, ours: &Cell) -> Cell {
         let theirs = Cell { key: self.key, checksum: u64::from_le_bytes(self.checksum), count: 0 };
         let mut diff = theirs.minus(ours);
-        diff.count = i64::from(u16::from_le_bytes(self.count).wrapping_sub(ours.count as u16) as i16);
+        diff.count = count_minus(self.count, ours);
         diff
     }
 }
