@@ -52,6 +52,8 @@ pub enum LivenessFailure {
         peers: usize,
         honest: usize,
         target: usize,
+        /// How long it has been short of the target, seconds.
+        short_s: u64,
     },
     /// The honest nodes' peer graph is not connected.
     Disconnected,
@@ -75,8 +77,8 @@ impl fmt::Display for LivenessFailure {
         match self {
             LivenessFailure::NotRunning { node } => write!(f, "node {node} is not running"),
             LivenessFailure::NotReady { node, phase } => write!(f, "node {node} is in phase {phase}"),
-            LivenessFailure::TooFewPeers { node, peers, honest, target } => {
-                write!(f, "node {node} has {peers} peers ({honest} honest), target {target}")
+            LivenessFailure::TooFewPeers { node, peers, honest, target, short_s } => {
+                write!(f, "node {node} has {peers} peers ({honest} honest), target {target}, for {short_s} s")
             }
             LivenessFailure::Disconnected => f.write_str("the honest nodes' peer graph is not connected"),
             LivenessFailure::ContentMissing { node, item, held, pieces } => {

@@ -99,3 +99,35 @@ fn a_banned_bad_content_server_does_not_fail_the_network() {
     let c = &summary.content;
     assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
 }
+
+/// The CI's content seeds: `--faults swarm --content 20 --updates 10 --publishers 5`.
+fn swarm_with_edits(seed: u64) -> SimConfig {
+    let mut config = content(seed, 40, 600_000, 20, "swarm");
+    config.updates = 10;
+    config.publishers = 5;
+    config
+}
+
+/// Regression (CI, `--seed 2842417562` with edits): one node held an item that eight peers
+/// wanted, its 1 MB/s uplink shared by all of them. Every piece came later than its deadline,
+/// was dropped as late and asked for again, so the same two pieces crossed the uplink for four
+/// minutes and nobody got the item. Late pieces that are still needed are now kept, and a
+/// source's deadlines grow with the latency its pieces show.
+#[test]
+fn a_lone_holder_behind_a_busy_uplink_still_delivers() {
+    let summary = run(swarm_with_edits(2_842_417_562)).unwrap_or_else(|e| panic!("{e}"));
+    let c = &summary.content;
+    assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
+}
+
+/// Regression (`--seed 2145` with edits, found while fixing the one above): the only peer that
+/// had announced an item stalls (it answers everything but pieces), while peers met after they
+/// completed the item hold it unannounced. The transfer asked the staller alone, forever. A
+/// stalled transfer now asks every connected peer what it has, once per attempt, and an
+/// unmeasured source that let a request time out loses its top rank.
+#[test]
+fn a_stalling_announced_holder_does_not_hide_the_others() {
+    let summary = run(swarm_with_edits(2145)).unwrap_or_else(|e| panic!("{e}"));
+    let c = &summary.content;
+    assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
+}

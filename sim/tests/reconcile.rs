@@ -54,6 +54,8 @@ fn reconcile_runs_with_edits_are_deterministic() {
         c.content_sizes = vec![2048; 4];
         c.updates = 4;
         c.publishers = 3;
+        // Recording names every event (an edit's name was once missing from the table).
+        c.record_trace = true;
         c
     };
     let (a, b) = (run(config()).expect("a"), run(config()).expect("b"));

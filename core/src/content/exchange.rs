@@ -78,7 +78,7 @@ impl Content {
         let catalogued = remote.catalogued;
         if let Some(t) = self.active.get_mut(&listed.id) {
             let avail = if listed.complete { Avail::All } else { Avail::Unknown };
-            let source = t.sources.entry(conn).or_insert(Source { avail: Avail::Unknown, pieces: 0 });
+            let source = t.sources.entry(conn).or_insert(Source::new(Avail::Unknown));
             if listed.complete || source.avail == Avail::Unknown {
                 source.avail = avail;
             }

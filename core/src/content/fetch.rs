@@ -56,6 +56,12 @@ impl Content {
         let Some(asked) = self.asked.remove(conn, pending.id) else { return };
         if let Some(peer) = self.peers.get_mut(&conn) {
             peer.failures += 1;
+            if let Asked::Piece(..) = asked {
+                // Its answer takes longer than we waited: the next deadline for this source is
+                // twice this wait (see `pump`), so a busy source is not asked in a loop it
+                // always loses.
+                peer.latency_ms = peer.latency_ms.max(cx.now.mono.ms_since(pending.sent));
+            }
         }
         let id = asked.item();
         if let Some(t) = self.active.get_mut(&id) {
@@ -71,15 +77,47 @@ impl Content {
                 }
                 Asked::Piece(_, index) => {
                     t.settle(index, conn, pending.id);
+                    if let Some(s) = t.sources.get_mut(&conn) {
+                        s.timeouts += 1;
+                    }
                 }
             }
         }
         self.pump(cx, id);
     }
 
-    /// A late answer to a piece request we gave up on or cancelled: its bytes were wasted.
-    pub fn on_late_piece(&mut self, len: u64) {
-        self.stats.wasted_bytes += len;
+    /// A piece answering a request that timed out (`sent` is when we asked) or that we
+    /// cancelled. Still needed (its transfer runs, the piece is neither held nor being stored,
+    /// and it matches its verified chaining value), it is kept as if it came in time: a source
+    /// whose uplink is shared by many downloaders answers late every time, and dropping its
+    /// pieces would leave an item it alone holds unfetchable. Otherwise its bytes were wasted.
+    pub fn on_late_piece(
+        &mut self,
+        cx: &mut Cx<'_>,
+        conn: ConnId,
+        sent: Option<Mono>,
+        header: proto::PieceHeader,
+        hash: [u8; 32],
+        data: PieceData,
+    ) {
+        let len = header.piece_len().unwrap_or(0);
+        if let (Some(sent), Some(p)) = (sent, self.peers.get_mut(&conn)) {
+            p.note_latency(cx.now.mono.ms_since(sent));
+        }
+        let (id, index) = (header.id, header.index);
+        let needed = self.items.get(&id).is_some_and(|i| index < i.held.len() && !i.held.get(index));
+        let usable = self.active.get(&id).is_some_and(|t| {
+            needed
+                && !t.storing.contains(&index)
+                && t.layout.is_some_and(|l| l.size == header.size && data_len_ok(&data, l.piece_len(index)))
+                && t.expected(index) == Some(hash)
+        });
+        if !usable {
+            self.stats.wasted_bytes += len;
+            return;
+        }
+        self.stats.late_pieces_kept += 1;
+        self.keep_piece(cx, conn, id, index, len, data);
     }
 
     /// A piece arrived in answer to `pending` (its kind matched). `hash` is what the driver
@@ -119,8 +157,6 @@ impl Content {
             return self.pump(cx, id);
         }
         let now = cx.now.mono;
-        t.progress = now;
-        t.served_by.insert(conn);
         let len = layout.piece_len(index);
         if let Some(p) = self.peers.get_mut(&conn) {
             // Delivery rate: bytes over the time since the previous delivery (or the request).
@@ -129,8 +165,17 @@ impl Content {
             let sample = len.saturating_mul(1_000_000) / us;
             p.rate = if p.rate == 0 { sample } else { (p.rate * 7 + sample) / 8 };
             p.last_piece = Some(now);
+            p.note_latency(now.ms_since(pending.sent));
         }
-        // The first verified copy wins; a duplicate still in flight is cancelled.
+        self.keep_piece(cx, conn, id, index, len, data);
+    }
+
+    /// A verified piece of a running transfer: the first copy wins (a duplicate still in
+    /// flight is cancelled) and goes to the store.
+    fn keep_piece(&mut self, cx: &mut Cx<'_>, conn: ConnId, id: ContentId, index: u64, len: u64, data: PieceData) {
+        let Some(t) = self.active.get_mut(&id) else { return };
+        t.progress = cx.now.mono;
+        t.served_by.insert(conn);
         if let Some(copies) = t.in_flight.remove(&index) {
             for (c, r, _) in copies {
                 cx.cancel(c, r);
@@ -192,18 +237,18 @@ impl Content {
                 }
             }
             let layout = size.and_then(|s| Layout::new(s).ok());
-            let mut t = Transfer::new(id, layout, cx.now.mono, wanted);
+            let mut t = Transfer::new(id, layout, cx.now.mono, wanted, rand_core::Rng::next_u64(cx.rng));
             if let Some(remote) = self.remote.get(&id) {
                 for (conn, complete) in &remote.holders {
                     let avail = if *complete { Avail::All } else { Avail::Unknown };
-                    t.sources.insert(*conn, Source { avail, pieces: 0 });
+                    t.sources.insert(*conn, Source::new(avail));
                 }
             }
 
             if t.sources.is_empty() {
                 // Nobody told us they hold it (an operator's `get`): ask every peer for its head.
                 for conn in self.peers.keys() {
-                    t.sources.insert(*conn, Source { avail: Avail::Unknown, pieces: 0 });
+                    t.sources.insert(*conn, Source::new(Avail::Unknown));
                 }
             }
             if let Some(item) = self.items.get(&id) {
@@ -229,7 +274,21 @@ impl Content {
             }
             let complete = holders.and_then(|h| h.get(conn)).copied().unwrap_or(false);
             let avail = if complete { Avail::All } else { Avail::Unknown };
-            t.sources.insert(*conn, Source { avail, pieces: 0 });
+            t.sources.insert(*conn, Source::new(avail));
+        }
+    }
+
+    /// A stalled transfer asks every connected peer once (per attempt) what it has: holders
+    /// learn of each other only by announcements made when an item completes, so a peer met
+    /// later may hold it unannounced, while the one holder we heard of stalls.
+    pub(super) fn widen_sources(&mut self, id: ContentId) {
+        let Some(t) = self.active.get_mut(&id) else { return };
+        if t.widened {
+            return;
+        }
+        t.widened = true;
+        for conn in self.peers.keys() {
+            t.sources.entry(*conn).or_insert(Source::new(Avail::Unknown));
         }
     }
 
@@ -364,7 +423,13 @@ impl Content {
             .keys()
             .map(|c| {
                 let p = self.peers.get(c);
-                let rate = p.map_or(RATE_UNKNOWN, |p| if p.rate == 0 { RATE_UNKNOWN } else { p.rate });
+                // Unmeasured: assumed fast until it lets a request time out (a source that
+                // stalls must not keep the top rank on an assumption).
+                let rate = p.map_or(RATE_UNKNOWN, |p| match (p.rate, p.failures) {
+                    (0, 0) => RATE_UNKNOWN,
+                    (0, _) => RATE_FLOOR,
+                    (rate, _) => rate,
+                });
                 let failures = u64::from(p.map_or(0, |p| p.failures)).min(16);
                 (rate / (1 + failures * failures), *c)
             })
@@ -402,6 +467,7 @@ impl Content {
         }
         let pieces = layout.pieces();
         let low_page = t.low / PIECES_PER_PAGE;
+        let mut candidates = rarest_first(t, self.items.get(&id));
         for &(_, conn) in &ranked {
             let Some(source) = t.sources.get_mut(&conn) else { continue };
             let stale = match &source.avail {
@@ -419,30 +485,15 @@ impl Content {
             }
             let rate = self.peers.get(&conn).map_or(0, |p| p.rate);
             let depth = pipeline_depth(rate);
-            let item = self.items.get(&id);
-            let mut scan = t.low;
-            let end = (t.low + WINDOW_PIECES).min(pieces);
             while t.sources.get(&conn).is_some_and(|s| s.pieces < depth) {
-                // The lowest piece in the window that is free and this source has.
+                // The rarest free piece this source has.
                 let Some(source) = t.sources.get(&conn) else { break };
-                let mut pick = None;
-                while scan < end {
-                    let i = scan;
-                    scan += 1;
-                    let held = item.is_some_and(|it| it.held.get(i));
-                    if !held
-                        && !t.storing.contains(&i)
-                        && !t.in_flight.contains_key(&i)
-                        && Transfer::has(source, i)
-                        && t.expected(i).is_some()
-                    {
-                        pick = Some(i);
-                        break;
-                    }
-                }
-                // Endgame: everything left is in flight. A piece that is late at its source gets
-                // one duplicate elsewhere (the first verified copy cancels the other).
-                if pick.is_none() && t.low + WINDOW_PIECES >= pieces {
+                let mut pick =
+                    candidates.iter().position(|&(_, _, i)| Transfer::has(source, i)).map(|k| candidates.remove(k).2);
+                // Endgame: everything left is in flight, and little is left. A piece that is
+                // late at its source gets one duplicate elsewhere (the first verified copy
+                // cancels the other). Earlier, a copy would only compete for the same uplinks.
+                if pick.is_none() && t.low + WINDOW_PIECES >= pieces && t.in_flight.len() <= ENDGAME_PIECES {
                     let peers = &self.peers;
                     pick = t
                         .in_flight
@@ -450,8 +501,17 @@ impl Content {
                         .find(|(i, copies)| {
                             copies.len() < COPIES_MAX
                                 && copies.iter().all(|(c, _, sent)| {
-                                    let rate = peers.get(c).map_or(0, |p| p.rate).max(RATE_FLOOR);
-                                    let due = (2 * layout.piece_len(**i) * 1000 / rate).max(LATE_MIN_MS);
+                                    // Latency counts once the source delivered (a staller's
+                                    // is only its timeouts).
+                                    let (rate, latency) = peers.get(c).map_or((0, 0), |p| {
+                                        (p.rate, if p.last_piece.is_some() { p.latency_ms } else { 0 })
+                                    });
+                                    // Late: twice what its rate predicts, and half again what
+                                    // its pieces have been taking (a busy uplink answers
+                                    // slowly but surely; a copy elsewhere would be waste).
+                                    let due = (2 * layout.piece_len(**i) * 1000 / rate.max(RATE_FLOOR))
+                                        .max(latency * 3 / 2)
+                                        .max(LATE_MIN_MS);
                                     *c != conn && now.ms_since(*sent) >= due
                                 })
                                 && Transfer::has(source, **i)
@@ -459,8 +519,11 @@ impl Content {
                         .map(|(i, _)| *i);
                 }
                 let Some(index) = pick else { break };
+                let latency = self.peers.get(&conn).map_or(0, |p| p.latency_ms);
                 let timeout =
-                    piece_timeout(cx.config.handshake_timeout_ms, rate, source.pieces + 1, layout.piece_len(index));
+                    piece_timeout(cx.config.handshake_timeout_ms, rate, source.pieces + 1, layout.piece_len(index))
+                        .max(2 * latency)
+                        .min(PIECE_TIMEOUT_MAX_MS);
                 let body = wrap(Request::Piece { id, index });
                 let Ok(request) = cx.request_within(conn, body, Origin::Content, index, timeout) else { break };
                 self.asked.insert(conn, request, Asked::Piece(id, index));
@@ -473,3 +536,39 @@ impl Content {
         self.arm(cx);
     }
 }
+
+/// Free pieces the transfer may ask for next, rarest among its sources first: the first
+/// [`RAREST_SCAN`] free pieces of the window, each with how many sources have it, ties broken by
+/// the transfer's salt. Downloaders that all took the lowest piece first would hold the same
+/// pieces and could give each other nothing: every byte would come from the first holder's
+/// uplink. Spread this way, they trade.
+fn rarest_first(t: &Transfer, item: Option<&Item>) -> Vec<(usize, u64, u64)> {
+    let Some(layout) = t.layout else { return Vec::new() };
+    let end = (t.low + WINDOW_PIECES).min(layout.pieces());
+    let mut out = Vec::new();
+    for i in t.low..end {
+        if out.len() >= RAREST_SCAN {
+            break;
+        }
+        let free = !item.is_some_and(|it| it.held.get(i))
+            && !t.storing.contains(&i)
+            && !t.in_flight.contains_key(&i)
+            && t.expected(i).is_some();
+        if !free {
+            continue;
+        }
+        let holders = t.sources.values().filter(|s| Transfer::has(s, i)).count();
+        if holders > 0 {
+            let tie = (i ^ t.salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+            out.push((holders, tie, i));
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+/// Pieces in flight at most for the endgame's duplicates to start.
+pub const ENDGAME_PIECES: usize = 4;
+
+/// Free pieces weighed for rarity at each scheduling step (the rest of the window waits).
+pub const RAREST_SCAN: usize = 64;

@@ -44,7 +44,7 @@ use crate::time::Mono;
 use crate::wire;
 use bits::Bits;
 use proto::{ANNOUNCE_MAX, Listed, Request, Response};
-use transfer::{Avail, COPIES_MAX, LATE_MIN_MS, Source, Transfer, WINDOW_PIECES};
+use transfer::{Avail, COPIES_MAX, LATE_MIN_MS, SOURCE_TIMEOUTS_TRUSTED, Source, Transfer, WINDOW_PIECES};
 
 /// Items remembered from the catalogue and peers' announcements (ids, sizes, holders).
 pub const REMOTE_MAX: usize = 200_000;
@@ -58,8 +58,8 @@ pub const REMOVED_MAX: usize = 10_000;
 /// Misbehaviour points for a bad piece or bad metadata: enough to ban at once (honest peers
 /// only serve what they verified).
 pub const POINTS_BAD_DATA: u32 = 100;
-/// A transfer with no source and no progress for this long fails (it is queued again when a
-/// holder appears).
+/// A transfer with no progress and no piece in flight for this long fails (it is queued again
+/// when a holder appears).
 pub const IDLE_MAX_MS: u64 = 30_000;
 /// A transfer without progress for this long looks again for sources among the peers that
 /// listed or announced the item.
@@ -192,6 +192,15 @@ struct Peer {
     /// When its last piece arrived.
     last_piece: Option<Mono>,
     failures: u32,
+    /// Time from asking it for a piece to the piece arriving, smoothed (milliseconds; raised
+    /// to the wait of a request that timed out). A piece's deadline is at least twice this.
+    latency_ms: u64,
+}
+
+impl Peer {
+    fn note_latency(&mut self, ms: u64) {
+        self.latency_ms = if self.latency_ms == 0 { ms } else { (self.latency_ms * 3 + ms) / 4 };
+    }
 }
 
 /// Content and sync counters for status (SPEC R10.1).
@@ -201,6 +210,8 @@ pub struct SyncStats {
     pub failed_syncs: u64,
     pub bytes_synced: u64,
     pub wasted_bytes: u64,
+    /// Pieces that answered a request after its deadline, still needed, and kept.
+    pub late_pieces_kept: u64,
     pub bad_pieces: u64,
     pub pieces_served: u64,
     pub damaged_pieces: u64,
@@ -422,14 +433,16 @@ impl Content {
             for id in ids {
                 let Some(t) = self.active.get(&id) else { continue };
                 let idle = now.ms_since(t.progress);
-                if idle >= IDLE_MAX_MS {
-                    // Nothing arrived for a long time: give up for now; the retry starts over
-                    // with every peer known to hold the item.
+                if idle >= IDLE_MAX_MS && !self.awaits_busy_source(t) {
+                    // Nothing arrived for a long time and no piece is on its way from a source
+                    // that is delivering: give up for now (a worker is freed); the retry
+                    // starts over with every peer known to hold the item.
                     self.fail(cx, id, TransferFailure::NoSource);
                     continue;
                 }
                 if idle >= STALL_MS {
                     self.refresh_sources(id);
+                    self.widen_sources(id);
                 }
                 self.pump(cx, id);
             }
@@ -452,6 +465,18 @@ impl Content {
             self.end_initial_sync(cx);
         }
         self.arm(cx);
+    }
+
+    /// Whether a piece of the transfer is in flight to a source that may yet deliver: one
+    /// whose piece requests for this item timed out fewer than [`SOURCE_TIMEOUTS_TRUSTED`]
+    /// times (each later deadline is twice its observed latency, so a busy uplink, slow but
+    /// sure, delivers within it). Failing the transfer then would cancel pieces already on
+    /// their way; a source that stalls loses this benefit after its second deadline.
+    fn awaits_busy_source(&self, t: &Transfer) -> bool {
+        t.in_flight
+            .values()
+            .flatten()
+            .any(|(conn, _, _)| t.sources.get(conn).is_some_and(|s| s.timeouts < SOURCE_TIMEOUTS_TRUSTED))
     }
 
     /// Keeps the housekeeping tick running while there is work.
@@ -505,6 +530,7 @@ impl Content {
             rate: 0,
             last_piece: None,
             failures: 0,
+            latency_ms: 0,
         };
         self.peers.insert(link.conn, peer);
         self.flush_announcements(cx, link.conn);
@@ -708,8 +734,11 @@ pub fn pipeline_depth(rate: u64) -> u32 {
 /// stalled one costs one such deadline).
 pub fn piece_timeout(base_ms: u64, rate: u64, queued: u32, len: u64) -> u64 {
     let rate = rate.max(RATE_FLOOR);
-    (base_ms + u64::from(queued) * len.max(1) * 1000 / rate).min(120_000)
+    (base_ms + u64::from(queued) * len.max(1) * 1000 / rate).min(PIECE_TIMEOUT_MAX_MS)
 }
+
+/// The longest a piece request waits.
+pub const PIECE_TIMEOUT_MAX_MS: u64 = 120_000;
 
 #[cfg(test)]
 mod tests {

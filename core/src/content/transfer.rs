@@ -45,7 +45,19 @@ pub struct Source {
     pub avail: Avail,
     /// Pieces requested from it and not settled.
     pub pieces: u32,
+    /// Its piece requests for this item that timed out.
+    pub timeouts: u32,
 }
+
+impl Source {
+    pub fn new(avail: Avail) -> Source {
+        Source { avail, pieces: 0, timeouts: 0 }
+    }
+}
+
+/// Piece timeouts after which a source no longer keeps its transfer alive (a stalled source
+/// is given its first deadline and one doubled one).
+pub const SOURCE_TIMEOUTS_TRUSTED: u32 = 2;
 
 /// The item being fetched.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -74,10 +86,15 @@ pub struct Transfer {
     pub served_by: BTreeSet<ConnId>,
     /// Whether the operator asked for it (`mynet get`).
     pub wanted: bool,
+    /// Drawn from the node's generator: breaks ties among equally rare pieces differently on
+    /// each node.
+    pub salt: u64,
+    /// Every connected peer was added as a source after a stall (once per attempt).
+    pub widened: bool,
 }
 
 impl Transfer {
-    pub fn new(id: ContentId, layout: Option<Layout>, now: Mono, wanted: bool) -> Transfer {
+    pub fn new(id: ContentId, layout: Option<Layout>, now: Mono, wanted: bool, salt: u64) -> Transfer {
         Transfer {
             id,
             layout,
@@ -94,6 +111,8 @@ impl Transfer {
             progress: now,
             served_by: BTreeSet::new(),
             wanted,
+            salt,
+            widened: false,
         }
     }
 

@@ -62,7 +62,7 @@ struct State {
 }
 
 /// Format byte of node snapshots.
-pub const SNAPSHOT_FORMAT: u8 = 4;
+pub const SNAPSHOT_FORMAT: u8 = 5;
 
 /// Encoded outputs are hashed in blocks of this size (BLAKE3 is several times faster on long
 /// inputs than on many short ones).
@@ -501,9 +501,10 @@ impl Node {
             Answer::Expected(pending) => {
                 self.state.content.on_piece(&mut cx!(self), conn, peer, &pending, header, hash, data)
             }
-            Answer::Late(_) | Answer::Cancelled => {
+            late @ (Answer::Late(_) | Answer::Cancelled) => {
                 cx!(self).event(Event::LateAnswer { conn, id: request, kind: crate::wire::Kind::Piece });
-                self.state.content.on_late_piece(len);
+                let sent = if let Answer::Late(pending) = &late { Some(pending.sent) } else { None };
+                self.state.content.on_late_piece(&mut cx!(self), conn, sent, header, hash, data);
             }
             Answer::UnknownId => {
                 let violation = Violation::UnknownRequestId { id: request, kind: crate::wire::Kind::Piece };

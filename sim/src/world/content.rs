@@ -20,6 +20,9 @@ use super::*;
 
 /// Fastest simulated disk write of a piece group.
 const DISK_US: u64 = 2_000;
+/// Pieces per connection past the point where a cancel can recall them: the production
+/// driver's queue of pieces read for a connection (`PIECES_QUEUED_MAX` in the runtime).
+pub(super) const PIECES_COMMITTED_MAX: usize = 4;
 
 /// A generated item.
 #[derive(Clone, Debug)]
@@ -191,6 +194,12 @@ impl World {
                 }
             }
             Output::Serve { conn, request, what } => self.serve(n, conn, request, what),
+            Output::CancelServe { conn, request } => {
+                let end = self.end(n, conn);
+                if let Some(link) = self.links.get_mut(&end) {
+                    link.waiting.retain(|(r, _, _)| *r != request);
+                }
+            }
             _ => {}
         }
     }
@@ -239,7 +248,7 @@ impl World {
                             hash = *blake3::hash(&[&hash[..], b"flipped"].concat()).as_bytes();
                         }
                         let header = PieceHeader { id, index, size };
-                        return self.send_piece(end, request, header, hash);
+                        return self.queue_piece(end, request, header, hash);
                     }
                     _ => proto::Response::NotHeld,
                 }
@@ -248,6 +257,28 @@ impl World {
         let message = Message::Response { id: request, body: Response::Content(answer) };
         if let Ok(bytes) = wire::encode_frame(&message) {
             self.send(end, bytes);
+        }
+    }
+
+    /// Sends the piece now if fewer than [`PIECES_COMMITTED_MAX`] are on their way out of this
+    /// end's uplink, else queues it where a cancel can still reach it.
+    fn queue_piece(&mut self, end: End, request: RequestId, header: PieceHeader, hash: [u8; 32]) {
+        let Some(link) = self.links.get_mut(&end) else { return };
+        if link.committed >= PIECES_COMMITTED_MAX {
+            link.waiting.push_back((request, header, hash));
+            return;
+        }
+        link.committed += 1;
+        self.send_piece(end, request, header, hash);
+    }
+
+    /// A piece left `from`'s uplink: the oldest waiting one goes next.
+    pub(super) fn piece_sent(&mut self, from: End) {
+        let Some(link) = self.links.get_mut(&from) else { return };
+        link.committed = link.committed.saturating_sub(1);
+        if let Some((request, header, hash)) = link.waiting.pop_front() {
+            link.committed += 1;
+            self.send_piece(from, request, header, hash);
         }
     }
 
@@ -266,6 +297,9 @@ impl World {
         if let Some(link) = self.links.get_mut(&end) {
             link.last_piece_us = at;
         }
+        // It has left the uplink once serialized (or, on an idle uplink, at once).
+        let sent = self.nodes[end.0].uplink_free_us.max(self.now_us).min(at);
+        self.schedule(sent, Ev::PieceSent { from: end });
         self.schedule(at, Ev::Piece { to: peer, request, header, hash });
     }
 

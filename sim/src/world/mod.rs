@@ -197,11 +197,26 @@ pub struct Summary {
 #[derive(Clone, Debug)]
 enum Ev {
     Start(usize),
-    Timer { node: usize, epoch: u32 },
-    Connect { from: End, addr: SocketAddr },
-    Secured { to: End, binding: Binding },
-    Deliver { to: End, bytes: Vec<u8> },
-    Closed { to: End, reason: &'static str },
+    Timer {
+        node: usize,
+        epoch: u32,
+    },
+    Connect {
+        from: End,
+        addr: SocketAddr,
+    },
+    Secured {
+        to: End,
+        binding: Binding,
+    },
+    Deliver {
+        to: End,
+        bytes: Vec<u8>,
+    },
+    Closed {
+        to: End,
+        reason: &'static str,
+    },
     Crash(usize),
     Restart(usize),
     Partition,
@@ -210,9 +225,26 @@ enum Ev {
     ClockJump(usize),
     Attack(usize),
     AddItem(usize),
-    StoreDone { node: usize, epoch: u32, piece: mynet_core::content::PieceRef },
-    Piece { to: End, request: mynet_core::RequestId, header: mynet_core::content::proto::PieceHeader, hash: [u8; 32] },
-    Edit { node: usize, item: usize, tag: u64 },
+    StoreDone {
+        node: usize,
+        epoch: u32,
+        piece: mynet_core::content::PieceRef,
+    },
+    Piece {
+        to: End,
+        request: mynet_core::RequestId,
+        header: mynet_core::content::proto::PieceHeader,
+        hash: [u8; 32],
+    },
+    /// A piece served from `from` finished leaving its uplink: the next waiting one may go.
+    PieceSent {
+        from: End,
+    },
+    Edit {
+        node: usize,
+        item: usize,
+        tag: u64,
+    },
     Catalogue,
 }
 
@@ -237,6 +269,7 @@ impl Ev {
             Ev::Piece { to, .. } => (15, to.0, to.2.0),
             Ev::Edit { node, tag, .. } => (16, *node, *tag),
             Ev::Catalogue => (17, 0, 0),
+            Ev::PieceSent { from } => (18, from.0, from.2.0),
         }
     }
 }
@@ -278,6 +311,9 @@ struct Honest {
     last_sync_us: u64,
     started_us: Option<u64>,
     target_reached: bool,
+    /// Since when (simulated µs) the node has had fewer peers than its target; `None` while it
+    /// has enough.
+    below_target_since: Option<u64>,
     /// Connections whose handshake completed, for the no-traffic-before-handshake invariant.
     established: BTreeSet<ConnId>,
     dialled_at: BTreeMap<ConnId, u64>,
@@ -318,6 +354,18 @@ struct Link {
     /// frames overtake them, as the production writer sends them first).
     last_piece_us: u64,
     stalled_until_us: u64,
+    /// Pieces handed to the uplink and not yet serialized onto it (at most
+    /// [`content::PIECES_COMMITTED_MAX`]); a cancel cannot recall them.
+    committed: usize,
+    /// Pieces served from this end waiting for the uplink, oldest first: a cancel removes one
+    /// (as the production driver aborts a serve that has not reached the socket).
+    waiting: VecDeque<(mynet_core::RequestId, mynet_core::content::proto::PieceHeader, [u8; 32])>,
+}
+
+impl Link {
+    fn new(peer: End) -> Link {
+        Link { peer, last_us: 0, last_piece_us: 0, stalled_until_us: 0, committed: 0, waiting: VecDeque::new() }
+    }
 }
 
 struct Partition {
@@ -381,6 +429,7 @@ impl World {
                 last_sync_us: 0,
                 started_us: None,
                 target_reached: false,
+                below_target_since: None,
                 established: BTreeSet::new(),
                 dialled_at: BTreeMap::new(),
                 restart_pending: false,
@@ -581,6 +630,10 @@ impl World {
             Ev::Piece { to, request, header, hash } => self.piece_arrives(to, request, header, hash),
             Ev::Edit { node, item, tag } => self.edit(node, item, tag),
             Ev::Catalogue => self.publish_catalogue(),
+            Ev::PieceSent { from } => {
+                self.piece_sent(from);
+                Ok(())
+            }
         }
     }
 

@@ -45,8 +45,8 @@ impl World {
         let inbound = ConnId::inbound(self.nodes[to].next_inbound);
         self.nodes[to].next_inbound += 1;
         let to_end = self.end(to, inbound);
-        self.links.insert(from, Link { peer: to_end, last_us: 0, last_piece_us: 0, stalled_until_us: 0 });
-        self.links.insert(to_end, Link { peer: from, last_us: 0, last_piece_us: 0, stalled_until_us: 0 });
+        self.links.insert(from, Link::new(to_end));
+        self.links.insert(to_end, Link::new(from));
         // The dialler's source port is ephemeral, as on a real host.
         let source = SocketAddr::new(self.nodes[from.0].addr.ip(), 40_000 + (from.2.0 % 20_000) as u16);
         self.node_input(to, Input::Incoming { conn: inbound, addr: source })

@@ -139,6 +139,11 @@ impl World {
         let Some(node) = h.journaled.as_ref().map(Journaled::node) else { return };
         let (failed, peers) = (node.phase() == Phase::Failed, node.peer_ids().len());
         let mut reached = None;
+        if peers >= target {
+            h.below_target_since = None;
+        } else {
+            h.below_target_since.get_or_insert(now);
+        }
         if !h.target_reached && peers >= target {
             h.target_reached = true;
             reached = h.started_us.map(|s| now - s);

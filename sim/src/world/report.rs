@@ -2,6 +2,10 @@
 
 use super::*;
 
+/// How long a node may be short of its peer target (having lost a peer) before that is a
+/// liveness failure: time to notice, pick a candidate and dial it, with backoff.
+pub const PEER_RECOVERY_US: u64 = 60_000_000;
+
 // ---- liveness, observation, summary ----
 impl World {
     /// After faults heal, every honest node must be up and ready, hold its target number of
@@ -29,9 +33,19 @@ impl World {
             }
             // Peers that completed a handshake and answer requests count, honest or not; the
             // honest graph must still be connected.
+            // A node may have just lost a peer (a reset, a peer's crash) and be dialling a
+            // replacement: it fails only if it has been short for longer than the recovery
+            // budget.
             let all_peers = node.peer_ids().len();
-            if all_peers < target {
-                let failure = LivenessFailure::TooFewPeers { node: n, peers: all_peers, honest: peers.len(), target };
+            let short_us = self.honest(n).and_then(|h| h.below_target_since).map_or(0, |s| self.now_us - s);
+            if all_peers < target && short_us > PEER_RECOVERY_US {
+                let failure = LivenessFailure::TooFewPeers {
+                    node: n,
+                    peers: all_peers,
+                    honest: peers.len(),
+                    target,
+                    short_s: short_us / 1_000_000,
+                };
                 return fail(failure, Some(n));
             }
         }
@@ -186,7 +200,8 @@ impl std::fmt::Display for TraceEvent {
     }
 }
 
-pub(super) const EVENT_KINDS: [&str; 16] = [
+/// Names of the simulator's events, indexed by `Ev::tag`'s first element.
+pub(super) const EVENT_KINDS: [&str; 19] = [
     "start",
     "timer",
     "connect",
@@ -203,6 +218,9 @@ pub(super) const EVENT_KINDS: [&str; 16] = [
     "add_item",
     "store_done",
     "piece",
+    "edit",
+    "catalogue",
+    "piece_sent",
 ];
 
 /// The first event index at which two recorded traces differ.
