@@ -37,6 +37,17 @@ pub fn decode_array<const N: usize>(text: &str) -> Result<[u8; N], HexError> {
     Ok(out)
 }
 
+/// Decodes any even number of hex characters.
+pub fn decode(text: &str) -> Result<Vec<u8>, HexError> {
+    if text.len() % 2 != 0 {
+        return Err(HexError::Length { expected: text.len() + 1, got: text.len() });
+    }
+    let bytes = text.as_bytes();
+    (0..bytes.len() / 2)
+        .map(|i| Ok((nibble(bytes[2 * i], 2 * i, text)? << 4) | nibble(bytes[2 * i + 1], 2 * i + 1, text)?))
+        .collect()
+}
+
 fn nibble(byte: u8, pos: usize, text: &str) -> Result<u8, HexError> {
     match byte {
         b'0'..=b'9' => Ok(byte - b'0'),

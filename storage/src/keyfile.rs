@@ -60,7 +60,7 @@ pub fn load_key(path: &Path) -> Result<Identity, KeyError> {
 }
 
 #[cfg(unix)]
-fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
+pub(crate) fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -70,7 +70,7 @@ fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), KeyError> {
 }
 
 #[cfg(not(unix))]
-fn check_private(_path: &Path, _meta: &fs::Metadata) -> Result<(), KeyError> {
+pub(crate) fn check_private(_path: &Path, _meta: &fs::Metadata) -> Result<(), KeyError> {
     Ok(())
 }
 
