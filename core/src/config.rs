@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::id::{NodeId, PublicKey};
+use crate::reconcile::meta::ItemState;
 
 /// File name of the network-wide layer.
 pub const BOOTSTRAP_FILE: &str = "bootstrap.json";
@@ -185,6 +186,9 @@ config_schema! {
         /// What the node replicates: `all` items peers hold, or `none` (serve only what was
         /// added here and what the operator fetched).
         replicate: Replicate = Replicate::All,
+        /// Item states the node replicates (SPEC R9): e.g. `["preview"]` on an edge node.
+        /// Items the operator adds or asks for are held whatever their state.
+        replicate_states: Vec<ItemState> = vec![ItemState::Encrypted, ItemState::Decrypted, ItemState::Preview],
         /// Most bytes of content the node stores; replication never goes past it.
         storage_max_bytes: u64 = 100 * 1024 * 1024 * 1024,
         /// Items fetched at once (SPEC R7: sync workers).
@@ -275,6 +279,10 @@ impl Config {
         }
         if let Some(i) = (1..self.publishers.len()).find(|i| self.publishers[..*i].contains(&self.publishers[*i])) {
             return fail("publishers", format!("publishers[{i}]"), "listed twice".into());
+        }
+        let states = &self.replicate_states;
+        if let Some(i) = (1..states.len()).find(|i| states[..*i].contains(&states[*i])) {
+            return fail("replicate_states", format!("replicate_states[{i}]"), "listed twice".into());
         }
         self.validate_limits(&src)
     }

@@ -98,7 +98,7 @@ pub enum Deferred {
     /// Popular items a bootstrap node named (SPEC R4.3), for the content module to queue first.
     Popular(Vec<[u8; 32]>),
     /// Items new to the catalogue (or in a new version), for the content module's policy.
-    Catalogued(Vec<(crate::content::ContentId, u64)>),
+    Catalogued(Vec<crate::states::Named>),
     /// The first reconciliation rounds are over (start-up phase 7 may end).
     CatalogueSettled,
 }

@@ -326,6 +326,17 @@ pub enum Event {
     NotPublisher {
         id: ContentId,
     },
+    /// An operator's edit of an item's state or group was refused.
+    EditRefused {
+        id: ContentId,
+        reason: String,
+    },
+    /// A decrypt check of a group's encrypted original against its decrypted form failed:
+    /// the relation is flagged and the form's publisher penalised.
+    RelationMismatch {
+        parent: ContentId,
+        child: ContentId,
+    },
     /// Start-up phase 7 is over.
     InitialSyncDone {
         synced: u64,
@@ -396,6 +407,10 @@ impl fmt::Display for Event {
                 write!(f, "item metadata from {conn} refused: {}", reason.as_str())
             }
             Event::MetaRefused { conn: None, reason } => write!(f, "item metadata refused: {}", reason.as_str()),
+            Event::EditRefused { id, reason } => write!(f, "edit of {id} refused: {reason}"),
+            Event::RelationMismatch { parent, child } => {
+                write!(f, "decrypting {parent} does not give its decrypted form {child}: flagged")
+            }
             Event::NotPublisher { id } => {
                 write!(f, "item {id} kept here but not published: this node is not in the network's publishers")
             }

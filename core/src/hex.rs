@@ -39,7 +39,7 @@ pub fn decode_array<const N: usize>(text: &str) -> Result<[u8; N], HexError> {
 
 /// Decodes any even number of hex characters.
 pub fn decode(text: &str) -> Result<Vec<u8>, HexError> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return Err(HexError::Length { expected: text.len() + 1, got: text.len() });
     }
     let bytes = text.as_bytes();

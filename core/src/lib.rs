@@ -21,6 +21,7 @@ pub mod peers;
 pub mod penalties;
 pub mod reconcile;
 pub mod request;
+pub mod states;
 pub mod time;
 pub mod wire;
 

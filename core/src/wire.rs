@@ -18,7 +18,7 @@ use crate::request::RequestId;
 pub use crate::discovery::{EXCLUDE_MAX, NetworkInfo, NetworkStats, PEERS_PER_ANSWER_MAX, PeerRecord};
 
 /// The wire format version carried in every frame (2: requests carry ids; 3: content).
-pub const WIRE_VERSION: u8 = 4;
+pub const WIRE_VERSION: u8 = 5;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 /// Largest frame body (version byte + payload) we accept or send. The largest message today

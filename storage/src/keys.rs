@@ -180,6 +180,6 @@ mod tests {
         fs::write(&text, format!("  {}\n", hex::encode(&[6u8; 32]))).expect("write");
         assert_eq!(key_from_file(&text).expect("hex").as_bytes(), &[6; 32]);
         fs::write(&text, "short").expect("write");
-        assert!(key_from_file(&text).unwrap_err().contains("32 raw bytes or 64 hex digits"));
+        assert!(key_from_file(&text).expect_err("short").contains("32 raw bytes or 64 hex digits"));
     }
 }

@@ -3,6 +3,7 @@
 //! completed). Which items exist comes from the catalogue (the reconcile module), not from here.
 
 use super::*;
+use crate::states::Named;
 
 impl Content {
     // ---- serving ----
@@ -69,13 +70,14 @@ impl Content {
             size: listed.size,
             holders: BTreeMap::new(),
             catalogued: false,
+            allowed: true,
         });
         if remote.size != listed.size {
             return;
         }
         peer.holds.insert(listed.id);
         remote.holders.insert(conn, listed.complete);
-        let catalogued = remote.catalogued;
+        let catalogued = remote.catalogued && remote.allowed;
         if let Some(t) = self.active.get_mut(&listed.id) {
             let avail = if listed.complete { Avail::All } else { Avail::Unknown };
             let source = t.sources.entry(conn).or_insert(Source::new(Avail::Unknown));
@@ -103,23 +105,44 @@ impl Content {
     }
 
     /// Items new to the catalogue, or in a new version: remembered with their size, and
-    /// queued if the policy replicates them.
-    pub fn catalogued(&mut self, cx: &mut Cx<'_>, items: &[(ContentId, u64)]) {
-        for &(id, size) in items {
+    /// queued if the policy replicates them (`replicate`, and `replicate_states` for the item's
+    /// state). Groups replicate whole: roots are queued before their members, and a member
+    /// queues its root (SPEC R9).
+    pub fn catalogued(&mut self, cx: &mut Cx<'_>, items: &[Named]) {
+        let mut items = items.to_vec();
+        items.sort_by_key(|n| (n.root.is_some(), n.id));
+        for named in &items {
+            let (id, size) = (named.id, named.size);
+            if let Some(root) = named.root
+                && self.remote.get(&root).is_some_and(|r| r.catalogued && r.allowed)
+                && !self.holds(&root)
+                && !self.removed.contains(&root)
+                && cx.config.replicate == Replicate::All
+            {
+                self.push_queue(root, false, false);
+            }
             if Layout::new(size).is_err() {
                 continue;
             }
             if !self.remote.contains_key(&id) && self.remote.len() >= REMOTE_MAX {
                 continue;
             }
-            let remote =
-                self.remote.entry(id).or_insert_with(|| Remote { size, holders: BTreeMap::new(), catalogued: true });
+            let remote = self.remote.entry(id).or_insert_with(|| Remote {
+                size,
+                holders: BTreeMap::new(),
+                catalogued: true,
+                allowed: true,
+            });
             if remote.size != size {
                 // The signed size wins over what announcements claimed.
                 remote.size = size;
                 remote.holders.clear();
             }
             remote.catalogued = true;
+            remote.allowed = cx.config.replicate_states.contains(&named.state);
+            if !remote.allowed {
+                continue;
+            }
             if self.items.contains_key(&id)
                 || self.queued.contains(&id)
                 || self.active.contains_key(&id)

@@ -177,6 +177,8 @@ struct Remote {
     holders: BTreeMap<ConnId, bool>,
     /// The catalogue names it (signed metadata): only then is it replicated.
     catalogued: bool,
+    /// Its state is one `replicate_states` allows.
+    allowed: bool,
 }
 
 /// What the module knows of a connected peer.

@@ -59,10 +59,11 @@ struct State {
     discovery: Discovery,
     content: Content,
     reconcile: Reconcile,
+    states: crate::states::States,
 }
 
 /// Format byte of node snapshots.
-pub const SNAPSHOT_FORMAT: u8 = 5;
+pub const SNAPSHOT_FORMAT: u8 = 6;
 
 /// Encoded outputs are hashed in blocks of this size (BLAKE3 is several times faster on long
 /// inputs than on many short ones).
@@ -155,6 +156,7 @@ impl Node {
             bootstrap: Bootstrap::default(),
             content: Content::default(),
             reconcile: Reconcile::default(),
+            states: crate::states::States::default(),
         };
         let mut node = Node {
             identity,
@@ -213,6 +215,17 @@ impl Node {
     /// The reconciliation module (catalogue of signed metadata), read-only.
     pub fn reconcile(&self) -> &Reconcile {
         &self.state.reconcile
+    }
+
+    /// The group `id` belongs to, each member's state, whether it is held here and its flags
+    /// (`mynet group`).
+    pub fn group(&self, id: &ContentId) -> Option<crate::states::GroupView> {
+        let catalogue = self.state.reconcile.catalogue();
+        let mut view = self.state.states.group(catalogue, id, self.state.now.wall_ms)?;
+        for member in &mut view.members {
+            member.held = self.state.content.holds(&member.id);
+        }
+        Some(view)
     }
 
     /// Every item, for `mynet ls`.
@@ -289,6 +302,7 @@ impl Node {
             content,
             sync,
             reconcile: self.state.reconcile.status(),
+            states: self.state.states.status(self.state.reconcile.catalogue(), now.wall_ms),
         }
     }
 
@@ -394,6 +408,9 @@ impl Node {
             Input::Describe { id, size, tags } => {
                 self.state.reconcile.describe(&mut cx!(self), &self.identity, id, size, tags)
             }
+            Input::Edit(edit) => self.state.reconcile.edit(&mut cx!(self), &self.identity, edit),
+            Input::KeyEdit(edit) => self.state.reconcile.key_edit(&mut cx!(self), &self.identity, edit),
+            Input::RelationChecked { parent, child, ok } => self.relation_checked(parent, child, ok),
             Input::Want { id } => self.state.content.want(&mut cx!(self), id),
             Input::Remove { id } => self.state.content.remove(&mut cx!(self), id),
             Input::Damaged { piece } => self.state.content.damaged(&mut cx!(self), piece),
@@ -514,6 +531,20 @@ impl Node {
                 let violation = Violation::WrongAnswerKind { id: request, expected, got: crate::wire::Kind::Piece };
                 self.misbehaved(conn, CloseReason::Protocol(violation))
             }
+        }
+    }
+
+    /// The runtime decrypted `parent` with key material the node never sees and compared the
+    /// plaintext with `child`: a mismatch flags the relation and penalises the child's author.
+    fn relation_checked(&mut self, parent: ContentId, child: ContentId, ok: bool) {
+        if !self.state.states.checked(parent, child, ok) || ok {
+            return;
+        }
+        cx!(self).event(Event::RelationMismatch { parent, child });
+        let author = self.state.reconcile.catalogue().get(&child).map(|s| s.meta.author);
+        if let Some(author) = author.filter(|a| *a != self.identity.public_key()) {
+            let points = crate::content::POINTS_BAD_DATA;
+            cx!(self).penalise(crate::penalties::Offender::Node(NodeId::from_public_key(&author)), points);
         }
     }
 

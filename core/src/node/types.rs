@@ -44,6 +44,13 @@ pub enum Input {
     Describe { id: ContentId, size: u64, tags: Vec<String> },
     /// A held piece read back damaged (serving, `mynet verify`); the store dropped it.
     Damaged { piece: PieceRef },
+    /// A publisher's description of an item's state, key and group (`mynet add` with
+    /// `--encrypt`, `--tag`, `--group`): signed by this node.
+    Edit(crate::states::ItemEdit),
+    /// A key record to publish (`mynet key add`, `mynet key rm --revoke`); never the key.
+    KeyEdit(crate::states::KeyEdit),
+    /// The runtime decrypted `parent` (key from the registry) and compared it with `child`.
+    RelationChecked { parent: ContentId, child: ContentId, ok: bool },
 }
 
 impl Input {
@@ -65,6 +72,9 @@ impl Input {
             Input::Remove { .. } => "remove",
             Input::Describe { .. } => "describe",
             Input::Damaged { .. } => "damaged",
+            Input::Edit(_) => "edit",
+            Input::KeyEdit(_) => "key_edit",
+            Input::RelationChecked { .. } => "relation_checked",
         }
     }
 }
@@ -140,4 +150,6 @@ pub struct NodeStatus {
     pub content: ContentStatus,
     pub sync: SyncStatus,
     pub reconcile: crate::reconcile::ReconcileStatus,
+    /// Items by state and by integrity flag (SPEC R9).
+    pub states: crate::states::StatesStatus,
 }

@@ -51,6 +51,29 @@ pub struct Relation {
     pub child: ContentId,
 }
 
+/// A key record (SPEC R9): what the network knows of a key, never the key itself. It travels
+/// in the catalogue as the metadata of a pseudo-item whose id is [`key_record_id`], signed by a
+/// publisher, and converges by the same conflict rule as item metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub key_id: String,
+    /// The sealing format (`mynet_storage::sealed::ALGORITHM`).
+    pub algorithm: String,
+    /// Wall-clock milliseconds from which the key is valid.
+    pub valid_from_ms: u64,
+    /// Wall-clock milliseconds until which it is valid (`None`: no end).
+    pub valid_until_ms: Option<u64>,
+    pub revoked: bool,
+}
+
+/// The catalogue id of the record of key `key_id`.
+pub fn key_record_id(key_id: &str) -> ContentId {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"mynet key record\0");
+    hasher.update(key_id.as_bytes());
+    ContentId(*hasher.finalize().as_bytes())
+}
+
 /// What an author says about an item.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Meta {
@@ -64,6 +87,10 @@ pub struct Meta {
     pub tags: Vec<String>,
     /// The key an encrypted item was encrypted with.
     pub key_id: Option<String>,
+    /// An encrypted item's plaintext BLAKE3 hash (the id its decrypted form has).
+    pub plain_hash: Option<[u8; 32]>,
+    /// Set when this entry is a key record rather than an item.
+    pub key: Option<KeyRecord>,
     /// Author's clock, milliseconds; see the module doc.
     pub version: u64,
     pub author: PublicKey,
@@ -120,9 +147,23 @@ impl Meta {
             relations: Vec::new(),
             tags: Vec::new(),
             key_id: None,
+            plain_hash: None,
+            key: None,
             version,
             author,
         }
+    }
+
+    /// The metadata of a key record.
+    pub fn key_record(record: KeyRecord, version: u64, author: PublicKey) -> Meta {
+        let mut meta = Meta::new(key_record_id(&record.key_id), 0, version, author);
+        meta.key = Some(record);
+        meta
+    }
+
+    /// Whether this is an item (not a key record).
+    pub fn is_item(&self) -> bool {
+        self.key.is_none()
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -138,7 +179,21 @@ impl Meta {
             && self.relations.len() <= RELATIONS_MAX
             && self.relations.iter().all(|r| label_ok(&r.kind))
             && self.key_id.as_ref().is_none_or(label_ok);
-        if ok { Ok(()) } else { Err(Invalid::Malformed) }
+        let record_ok = self.key.as_ref().is_none_or(|k| {
+            label_ok(&k.key_id)
+                && label_ok(&k.algorithm)
+                && self.id == key_record_id(&k.key_id)
+                && self.size == 0
+                && self.group.is_none()
+                && self.relations.is_empty()
+                && self.tags.is_empty()
+                && self.key_id.is_none()
+                && self.plain_hash.is_none()
+                && self.state == ItemState::Decrypted
+        });
+        // An encrypted item names its key; nothing else does.
+        let state_ok = (self.state == ItemState::Encrypted) == self.key_id.is_some();
+        if ok && record_ok && state_ok { Ok(()) } else { Err(Invalid::Malformed) }
     }
 
     pub fn sign(self, identity: &Identity) -> Signed {

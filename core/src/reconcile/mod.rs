@@ -42,10 +42,11 @@ use crate::identity::Identity;
 use crate::node::Closed;
 use crate::penalties::Offender;
 use crate::request::{Origin, Pending, RequestId};
+use crate::states::{ItemEdit, KeyEdit, Named};
 use crate::time::Mono;
 use crate::wire::{self, FRAME_HEADER_LEN};
 use catalogue::{Catalogue, Put};
-use meta::{Invalid, Meta, Signed};
+use meta::{Invalid, KeyRecord, Meta, Signed};
 use proto::{IN_FLIGHT_MAX, METAS_BYTES_MAX, METAS_PER_MESSAGE, Request, Response};
 use session::{Found, Session};
 use sketch::Key;
@@ -548,16 +549,17 @@ impl Reconcile {
                 continue;
             }
             let id = signed.meta.id;
-            let size = signed.meta.size;
+            // Key records converge with the catalogue but are not content to fetch.
+            let named = signed.meta.is_item().then(|| Named::of(&signed.meta));
             match self.catalogue.put(signed) {
                 Put::New => {
                     self.stats.new_items += 1;
-                    learned.push((id, size));
+                    learned.extend(named);
                     self.forward(cx, id, Some(conn));
                 }
                 Put::Replaced => {
                     self.stats.replaced += 1;
-                    learned.push((id, size));
+                    learned.extend(named);
                     self.forward(cx, id, Some(conn));
                 }
                 // Checked above: what we hold, or what loses to it, never gets here.
@@ -623,6 +625,13 @@ impl Reconcile {
 
     /// A new version of an item's metadata with these tags, signed by us (a publisher's edit).
     pub fn describe(&mut self, cx: &mut Cx<'_>, identity: &Identity, id: ContentId, size: u64, tags: Vec<String>) {
+        let mut meta = self.next_meta(cx, identity, id, size);
+        meta.tags = tags;
+        self.sign_and_apply(cx, identity, meta);
+    }
+
+    /// The next version of `id`'s metadata (a copy of the current one, or new), by us.
+    fn next_meta(&self, cx: &Cx<'_>, identity: &Identity, id: ContentId, size: u64) -> Meta {
         let previous = self.catalogue.get(&id);
         let mut meta = match previous {
             Some(p) => p.meta.clone(),
@@ -630,8 +639,72 @@ impl Reconcile {
         };
         meta.version = meta::next_version(cx.now.wall_ms, previous);
         meta.author = identity.public_key();
-        meta.tags = tags;
+        meta
+    }
+
+    /// An operator's description of an item with its state, key and group (SPEC R9): the item's
+    /// new metadata, and for a group member a new version of the root naming it. Refused (an
+    /// event says why) if the root is unknown, is a member itself, or has no room for another
+    /// relation.
+    pub fn edit(&mut self, cx: &mut Cx<'_>, identity: &Identity, edit: ItemEdit) {
+        let mut root_meta = None;
+        if let Some(root) = edit.group.filter(|r| *r != edit.id) {
+            let Some(current) = self.catalogue.get(&root).filter(|s| s.meta.is_item()) else {
+                return cx.event(Event::EditRefused {
+                    id: edit.id,
+                    reason: format!("group root {root} is not in the catalogue"),
+                });
+            };
+            if current.meta.group.is_some_and(|g| g != root) {
+                return cx.event(Event::EditRefused {
+                    id: edit.id,
+                    reason: format!("{root} is itself a member of another group"),
+                });
+            }
+            let mut meta = self.next_meta(cx, identity, root, current.meta.size);
+            meta.group = Some(root);
+            let kind = edit.relation.clone().unwrap_or_else(|| "member".to_string());
+            meta.relations.retain(|r| r.child != edit.id);
+            if meta.relations.len() >= meta::RELATIONS_MAX {
+                return cx.event(Event::EditRefused {
+                    id: edit.id,
+                    reason: format!("group {root} already has {} members", meta::RELATIONS_MAX),
+                });
+            }
+            meta.relations.push(meta::Relation { kind, child: edit.id });
+            meta.relations.sort();
+            root_meta = Some(meta);
+        }
+        let mut meta = self.next_meta(cx, identity, edit.id, edit.size);
+        meta.tags = edit.tags;
+        let declared_preview = edit.relation.as_deref() == Some(crate::states::PREVIEW_TAG);
+        meta.state = crate::states::classify(edit.key_id.is_some(), declared_preview, &mut meta.tags);
+        meta.key_id = edit.key_id;
+        meta.plain_hash = edit.plain_hash;
+        meta.group = edit.group;
+        if let Err(invalid) = meta.check() {
+            return cx.event(Event::MetaRefused { conn: None, reason: invalid });
+        }
         self.sign_and_apply(cx, identity, meta);
+        if let Some(root) = root_meta {
+            self.sign_and_apply(cx, identity, root);
+        }
+    }
+
+    /// A key record, signed by us (`mynet key add`, `mynet key rm --revoke`). A record once
+    /// revoked stays revoked: a later edit cannot bring the key back.
+    pub fn key_edit(&mut self, cx: &mut Cx<'_>, identity: &Identity, edit: KeyEdit) {
+        let id = meta::key_record_id(&edit.key_id);
+        let previous = self.catalogue.get(&id).and_then(|s| s.meta.key.clone());
+        let record = KeyRecord {
+            key_id: edit.key_id,
+            algorithm: edit.algorithm,
+            valid_from_ms: previous.as_ref().map_or(cx.now.wall_ms, |p| p.valid_from_ms),
+            valid_until_ms: edit.valid_until_ms,
+            revoked: edit.revoked || previous.is_some_and(|p| p.revoked),
+        };
+        let version = meta::next_version(cx.now.wall_ms, self.catalogue.get(&id));
+        self.sign_and_apply(cx, identity, Meta::key_record(record, version, identity.public_key()));
     }
 
     fn sign_and_apply(&mut self, cx: &mut Cx<'_>, identity: &Identity, meta: Meta) {
@@ -642,11 +715,13 @@ impl Reconcile {
         if meta.check().is_err() {
             return cx.event(Event::MetaRefused { conn: None, reason: Invalid::Malformed });
         }
-        let (id, size) = (meta.id, meta.size);
+        let (id, named) = (meta.id, meta.is_item().then(|| Named::of(&meta)));
         let signed = meta.sign(identity);
         if matches!(self.catalogue.put(signed), Put::New | Put::Replaced) {
             self.stats.published += 1;
-            cx.defer(Deferred::Catalogued(vec![(id, size)]));
+            if let Some(named) = named {
+                cx.defer(Deferred::Catalogued(vec![named]));
+            }
             self.forward(cx, id, None);
         }
     }

@@ -335,6 +335,20 @@ impl Describer {
             Input::Want { id } | Input::Remove { id } => id.to_string(),
             Input::Describe { id, tags, .. } => format!("{id} tags {}", tags.join(",")),
             Input::Damaged { piece } => format!("piece {} of {}", piece.index, piece.id),
+            Input::Edit(edit) => {
+                let key = edit.key_id.as_deref().map_or(String::new(), |k| format!(" key {k}"));
+                let group = edit.group.map_or(String::new(), |g| {
+                    format!(" group {g} as {}", edit.relation.as_deref().unwrap_or("member"))
+                });
+                format!("{}{key}{group} tags {}", edit.id, edit.tags.join(","))
+            }
+            Input::KeyEdit(edit) => {
+                let until = edit.valid_until_ms.map_or("no end".to_string(), |u| format!("until {u} ms"));
+                format!("key record {} ({until}{})", edit.key_id, if edit.revoked { ", revoked" } else { "" })
+            }
+            Input::RelationChecked { parent, child, ok } => {
+                format!("decrypting {parent} {} {child}", if *ok { "gives" } else { "does not give" })
+            }
         }
     }
 
