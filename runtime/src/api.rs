@@ -4,7 +4,10 @@
 //! /content` streams a file into the store (`mynet add`), `GET /content[/ID]` lists items,
 //! `POST /content/ID/want` asks the network for one (`mynet get`), `GET /content/ID/data`
 //! streams a complete item out (each piece re-verified), `DELETE /content/ID` drops it,
-//! `POST /verify` re-hashes the whole store.
+//! `POST /verify` re-hashes the whole store. States and groups (SPEC R9): `POST
+//! /content/ID/edit` publishes an item's state, key id and group, `GET /content/ID/meta` shows
+//! its signed metadata, `GET /groups/ID` its group, `GET /keys` and `POST /keys` key records
+//! (never key material: that stays in the CLI's reach, in the data dir's key registry).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
@@ -20,6 +23,7 @@ use std::sync::Arc;
 
 use mynet_core::Input;
 use mynet_core::content::{ContentId, PieceRef};
+use mynet_core::states::{ItemEdit, KeyEdit};
 use mynet_storage::content::ContentStore;
 use serde_json::json;
 
@@ -141,6 +145,29 @@ async fn handle(
             };
         }
         ("POST", _, Some([_, "want"]), Some(id)) => (format!("/content/{id}"), Some(Input::Want { id })),
+        ("POST", _, Some([_, "edit"]), Some(id)) => {
+            let body = match read_json::<EditBody>(&mut stream, body_start, content_length).await {
+                Ok(body) => body,
+                Err(err) => return respond(&mut stream, 400, &json!({ "error": err }).to_string()).await,
+            };
+            let edit = ItemEdit {
+                id,
+                size: body.size,
+                key_id: body.key_id,
+                plain_hash: body.plain_hash.map(|h| h.0),
+                tags: body.tags,
+                group: body.group,
+                relation: body.relation,
+            };
+            (format!("/content/{id}/meta"), Some(Input::Edit(edit)))
+        }
+        ("POST", "/keys", None, _) => {
+            let body = match read_json::<KeyEdit>(&mut stream, body_start, content_length).await {
+                Ok(body) => body,
+                Err(err) => return respond(&mut stream, 400, &json!({ "error": err }).to_string()).await,
+            };
+            ("/keys".to_string(), Some(Input::KeyEdit(body)))
+        }
         ("DELETE", _, Some([_]), Some(id)) => ("/content".to_string(), Some(Input::Remove { id })),
         ("GET", _, _, _) => (path, None),
         _ => return respond(&mut stream, 405, r#"{"error":"method not allowed here"}"#).await,
@@ -149,6 +176,46 @@ async fn handle(
         Some((status, body)) => respond(&mut stream, status, &body).await,
         None => respond(&mut stream, 503, r#"{"error":"node is shutting down"}"#).await,
     }
+}
+
+/// Largest JSON body an edit may have.
+pub const EDIT_BODY_MAX: u64 = 16 * 1024;
+
+/// `POST /content/ID/edit`: an item's state, key and group (`mynet add` options).
+#[derive(serde::Deserialize)]
+struct EditBody {
+    size: u64,
+    #[serde(default)]
+    key_id: Option<String>,
+    #[serde(default)]
+    plain_hash: Option<ContentId>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    group: Option<ContentId>,
+    #[serde(default)]
+    relation: Option<String>,
+}
+
+/// Reads a JSON request body of at most [`EDIT_BODY_MAX`] bytes (the first bytes already read).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    stream: &mut TcpStream,
+    mut body: Vec<u8>,
+    len: Option<u64>,
+) -> Result<T, String> {
+    let len = len.ok_or("a JSON body needs a Content-Length")?;
+    if len > EDIT_BODY_MAX {
+        return Err(format!("body of {len} bytes; at most {EDIT_BODY_MAX}"));
+    }
+    let missing = (len as usize).saturating_sub(body.len());
+    let mut rest = vec![0u8; missing];
+    match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut rest)).await {
+        Ok(Ok(_)) => {}
+        _ => return Err("the body ended early".into()),
+    }
+    body.extend_from_slice(&rest);
+    body.truncate(len as usize);
+    serde_json::from_slice(&body).map_err(|e| format!("invalid JSON body: {e}"))
 }
 
 /// Asks the driver; `None` if it is gone.

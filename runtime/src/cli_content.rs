@@ -17,13 +17,13 @@ const POLL: Duration = Duration::from_millis(200);
 /// A request body: its length, where it comes from, and a progress callback.
 type Upload<'a> = (u64, &'a mut dyn Read, &'a mut dyn FnMut(u64));
 
-struct Api {
+pub(crate) struct Api {
     addr: SocketAddr,
     token: String,
 }
 
 impl Api {
-    fn new(dir: &DataDir) -> Result<Api> {
+    pub(crate) fn new(dir: &DataDir) -> Result<Api> {
         let addr_path = dir.api_addr_path();
         let text = std::fs::read_to_string(&addr_path).with_context(|| {
             format!("no running node found for data dir {} (start one with `mynet run`)", dir.root().display())
@@ -81,7 +81,7 @@ impl Api {
         Ok((status, length, reader))
     }
 
-    fn json(&self, method: &str, path: &str) -> Result<Value> {
+    pub(crate) fn json(&self, method: &str, path: &str) -> Result<Value> {
         let (status, _, mut reader) = self.send(method, path, None)?;
         let mut body = String::new();
         reader.read_to_string(&mut body)?;
@@ -89,6 +89,22 @@ impl Api {
             bail!("{}", error_text(status, &body));
         }
         serde_json::from_str(&body).context("API returned invalid JSON")
+    }
+}
+
+impl Api {
+    /// POSTs a JSON body; returns the JSON answer.
+    pub(crate) fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
+        let bytes = body.to_string().into_bytes();
+        let mut reader: &[u8] = &bytes;
+        let (status, _, mut response) =
+            self.send("POST", path, Some((bytes.len() as u64, &mut reader, &mut |_| {})))?;
+        let mut text = String::new();
+        response.read_to_string(&mut text)?;
+        if status != 200 {
+            bail!("{}", error_text(status, &text));
+        }
+        serde_json::from_str(&text).context("API returned invalid JSON")
     }
 }
 
@@ -152,9 +168,71 @@ fn human(bytes: u64) -> String {
     if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
-/// `mynet add FILE`: streams the file to the node; prints its content id.
-pub fn add(dir: &DataDir, file: &Path, json: bool) -> Result<()> {
+/// What `mynet add` says about the item besides its bytes (SPEC R9).
+#[derive(Debug, Default)]
+pub struct AddOptions {
+    /// Seal the file with this key from the registry on the way in.
+    pub encrypt_with: Option<String>,
+    pub tags: Vec<String>,
+    /// Join the group rooted at this item, related to it as `relation`.
+    pub group: Option<String>,
+    pub relation: Option<String>,
+}
+
+impl AddOptions {
+    fn describes(&self) -> bool {
+        self.encrypt_with.is_some() || !self.tags.is_empty() || self.group.is_some()
+    }
+}
+
+/// `mynet add FILE`: streams the file to the node (sealed first with `--encrypt`); publishes
+/// its state, tags and group; prints its content id.
+pub fn add(dir: &DataDir, file: &Path, json: bool, options: &AddOptions) -> Result<()> {
     let api = Api::new(dir)?;
+    let group = match &options.group {
+        Some(g) => Some(mynet_core::content::ContentId::from_hex(g).map_err(|e| anyhow!("--group {g:?}: {e}"))?),
+        None => None,
+    };
+    let sealed = match &options.encrypt_with {
+        Some(key_id) => Some(crate::cli_states::seal_file(dir, file, key_id)?),
+        None => None,
+    };
+    let upload = sealed.as_ref().map_or(file, |s| s.path.as_path());
+    let added = upload_file(&api, upload);
+    if let Some(sealed) = &sealed {
+        let _ = std::fs::remove_file(&sealed.path);
+    }
+    let added = added?;
+    let id = added["id"].as_str().unwrap_or_default().to_string();
+    if options.describes() {
+        let body = serde_json::json!({
+            "size": added["size"],
+            "key_id": options.encrypt_with,
+            "plain_hash": sealed.as_ref().map(|s| mynet_core::hex::encode(&s.plain_hash)),
+            "tags": options.tags,
+            "group": group,
+            "relation": options.relation,
+        });
+        let meta = api.post_json(&format!("/content/{id}/edit"), &body)?;
+        let wanted_state = if options.encrypt_with.is_some() { Some("encrypted") } else { None };
+        if group.is_some() && meta["group"] != serde_json::json!(group)
+            || wanted_state.is_some_and(|s| meta["state"] != s)
+        {
+            bail!(
+                "item {id} is stored, but the node refused its description (see the node's log: the group \
+                 root must be in the catalogue and not itself a member, and this node must be a publisher)"
+            );
+        }
+    }
+    if json {
+        println!("{}", serde_json::json!({"id": added["id"], "size": added["size"], "pieces": added["pieces"]}));
+    } else {
+        println!("{id}");
+    }
+    Ok(())
+}
+
+fn upload_file(api: &Api, file: &Path) -> Result<Value> {
     let mut input = File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let len = input.metadata()?.len();
     let mut progress = Progress::new("adding", len);
@@ -166,20 +244,16 @@ pub fn add(dir: &DataDir, file: &Path, json: bool) -> Result<()> {
         bail!("{}", error_text(status, &body));
     }
     progress.done();
-    let added: Value = serde_json::from_str(&body).context("API returned invalid JSON")?;
-    if json {
-        println!("{}", serde_json::json!({"id": added["id"], "size": added["size"], "pieces": added["pieces"]}));
-    } else {
-        println!("{}", added["id"].as_str().unwrap_or_default());
-    }
-    Ok(())
+    serde_json::from_str(&body).context("API returned invalid JSON")
 }
 
 /// `mynet get ID [-o FILE]`: fetches the item if it is not held (resuming from the pieces
 /// the node holds), then writes it out.
-pub fn get(dir: &DataDir, id: &str, out: Option<PathBuf>, timeout: Duration) -> Result<()> {
+pub fn get(dir: &DataDir, id: &str, out: Option<PathBuf>, timeout: Duration, decrypt: bool) -> Result<()> {
     mynet_core::content::ContentId::from_hex(id).map_err(|e| anyhow!("{id:?} is not a content id: {e}"))?;
     let api = Api::new(dir)?;
+    // With --decrypt, find the key before fetching anything: a missing key is the error.
+    let opener = if decrypt { Some(crate::cli_states::Opener::for_item(dir, &api, id)?) } else { None };
     let mut item = api.json("POST", &format!("/content/{id}/want"))?;
     let started = Instant::now();
     let mut progress: Option<Progress> = None;
@@ -222,6 +296,9 @@ pub fn get(dir: &DataDir, id: &str, out: Option<PathBuf>, timeout: Duration) -> 
         bail!("{}", error_text(status, &body));
     }
     let expected = length.unwrap_or(0);
+    if let Some(opener) = opener {
+        return opener.open_to(dir, &mut reader, expected, out.as_deref());
+    }
     let written = match &out {
         Some(path) => {
             let tmp = path.with_extension("mynet-partial");

@@ -477,6 +477,16 @@ impl Driver {
         let answer = match path {
             "/status" | "/peers" => (200, self.status_json().to_string()),
             "/content" => (200, serde_json::to_string(&self.journal.node().items()).unwrap_or_default()),
+            _ if path.starts_with("/content/") && path.ends_with("/meta") => self.meta_json(path),
+            _ if path.starts_with("/groups/") => {
+                let id = path.trim_start_matches("/groups/");
+                let group = ContentId::from_hex(id).ok().and_then(|cid| self.journal.node().group(&cid));
+                match group {
+                    Some(group) => (200, serde_json::to_string(&group).unwrap_or_default()),
+                    None => (404, json!({ "error": format!("no item {id} in the catalogue") }).to_string()),
+                }
+            }
+            "/keys" => (200, self.keys_json().to_string()),
             _ if path.starts_with("/content/") => {
                 let id = path.trim_start_matches("/content/").split('/').next().unwrap_or_default();
                 let item = ContentId::from_hex(id).ok().and_then(|cid| self.journal.node().content().item_status(&cid));
@@ -490,6 +500,48 @@ impl Driver {
         };
         let _ = request.reply.send(answer);
         Ok(())
+    }
+
+    /// An item's signed metadata (`GET /content/ID/meta`).
+    fn meta_json(&self, path: &str) -> (u16, String) {
+        let id = path.trim_start_matches("/content/").trim_end_matches("/meta");
+        let signed = ContentId::from_hex(id).ok().and_then(|cid| self.journal.node().reconcile().catalogue().get(&cid));
+        let Some(signed) = signed.filter(|s| s.meta.is_item()) else {
+            return (404, json!({ "error": format!("no item {id} in the catalogue") }).to_string());
+        };
+        let m = &signed.meta;
+        let body = json!({
+            "id": m.id, "size": m.size, "pieces": m.pieces,
+            "state": mynet_core::states::state_name(m.state),
+            "group": m.group, "relations": m.relations.iter().map(|r| json!({"kind": r.kind, "child": r.child})).collect::<Vec<_>>(),
+            "tags": m.tags, "key_id": m.key_id,
+            "plain_hash": m.plain_hash.map(|h| mynet_core::hex::encode(&h)),
+            "version": m.version, "author": m.author,
+        });
+        (200, body.to_string())
+    }
+
+    /// Key records in the catalogue, each with whether it is usable now (`GET /keys`).
+    fn keys_json(&self) -> serde_json::Value {
+        let now = self.clock.now().wall_ms;
+        let records: Vec<_> = self
+            .journal
+            .node()
+            .reconcile()
+            .catalogue()
+            .metas()
+            .values()
+            .filter_map(|s| s.meta.key.as_ref().map(|k| (k, s)))
+            .map(|(k, s)| {
+                let flag = mynet_core::states::key_flag(Some(k), now).map(|f| f.as_str());
+                json!({
+                    "key_id": k.key_id, "algorithm": k.algorithm, "valid_from_ms": k.valid_from_ms,
+                    "valid_until_ms": k.valid_until_ms, "revoked": k.revoked,
+                    "status": flag.unwrap_or("valid"), "author": s.meta.author, "version": s.meta.version,
+                })
+            })
+            .collect();
+        json!(records)
     }
 
     /// Status as JSON (SPEC R10.1, first part).
@@ -522,6 +574,7 @@ impl Driver {
             "content": status.content,
             "sync": status.sync,
             "reconcile": status.reconcile,
+            "states": status.states,
             "event_log_next_seq": self.journal.log().next_seq(),
             "event_log_durable_seq": self.durable.borrow().clone().unwrap_or_default(),
             "outputs_awaiting_durability": self.held.len(),

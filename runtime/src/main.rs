@@ -3,6 +3,7 @@
 mod accept;
 mod api;
 mod cli_content;
+mod cli_states;
 mod content;
 mod datadir;
 mod driver;
@@ -47,6 +48,22 @@ enum Command {
         /// Print `{"id","size","pieces"}`.
         #[arg(long)]
         json: bool,
+        /// Seal the file with the registry's key `--key-id` on the way in (the item's id is the
+        /// hash of the sealed bytes; its metadata records the plaintext's hash).
+        #[arg(long, requires = "key_id")]
+        encrypt: bool,
+        /// The key to seal with (see `mynet key add`).
+        #[arg(long, value_name = "KEY_ID", requires = "encrypt")]
+        key_id: Option<String>,
+        /// A tag for the item's metadata (repeatable); `preview` makes it a preview.
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+        /// Make the item a member of the group rooted at item ROOT.
+        #[arg(long, value_name = "ROOT")]
+        group: Option<String>,
+        /// How the member relates to the root: `decrypted`, `preview`, ...
+        #[arg(long, value_name = "KIND", requires = "group")]
+        relation: Option<String>,
     },
     /// Fetch item ID from the network if it is not held (resuming), then write it out.
     Get {
@@ -57,6 +74,20 @@ enum Command {
         /// Give up after this long (the node keeps what it fetched; run again to resume).
         #[arg(long, default_value = "1h", value_parser = parse_duration_ms)]
         timeout: u64,
+        /// Write the plaintext of an encrypted item (its key must be in the key registry).
+        #[arg(long)]
+        decrypt: bool,
+    },
+    /// Keys for encrypted items: the registry in the data dir, and their published records.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Show the group item ID belongs to: members, states, held or not, integrity flags.
+    Group {
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
     /// List the items this node holds or fetches.
     Ls {
@@ -79,6 +110,31 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Run a seeded simulation of many nodes; prints a JSON summary as the last line.
     Sim(SimArgs),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Generate a key (or take one from a file) into the registry and publish its record.
+    Add {
+        key_id: String,
+        /// Read the key from FILE (32 raw bytes or 64 hex digits) instead of generating one.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// The record's end of validity, an RFC 3339 time (e.g. 2027-01-31T00:00:00Z).
+        #[arg(long, value_name = "TIME")]
+        valid_until: Option<String>,
+    },
+    /// List the keys held here and the key records the network knows.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a key from the registry; `--revoke` also publishes its record as revoked.
+    Rm {
+        key_id: String,
+        #[arg(long)]
+        revoke: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -153,10 +209,21 @@ fn main() -> ExitCode {
         Command::Run => return run(dir),
         Command::Status => api::get(&dir, "/status").map(|status| println!("{}", pretty(&status))),
         Command::Peers => api::get(&dir, "/peers").map(|status| print_peers(&status)),
-        Command::Add { file, json } => cli_content::add(&dir, &file, json),
-        Command::Get { id, output, timeout } => {
-            cli_content::get(&dir, &id, output, std::time::Duration::from_millis(timeout))
+        Command::Add { file, json, encrypt, key_id, tags, group, relation } => {
+            let options = cli_content::AddOptions { encrypt_with: key_id.filter(|_| encrypt), tags, group, relation };
+            cli_content::add(&dir, &file, json, &options)
         }
+        Command::Get { id, output, timeout, decrypt } => {
+            cli_content::get(&dir, &id, output, std::time::Duration::from_millis(timeout), decrypt)
+        }
+        Command::Key { command } => match command {
+            KeyCommand::Add { key_id, from_file, valid_until } => {
+                cli_states::key_add(&dir, &key_id, from_file.as_deref(), valid_until.as_deref())
+            }
+            KeyCommand::Ls { json } => cli_states::key_ls(&dir, json),
+            KeyCommand::Rm { key_id, revoke } => cli_states::key_rm(&dir, &key_id, revoke),
+        },
+        Command::Group { id, json } => cli_states::group(&dir, &id, json),
         Command::Ls { json } => cli_content::ls(&dir, json),
         Command::Rm { id } => cli_content::rm(&dir, &id),
         Command::Verify { json } => cli_content::verify(&dir, json),
