@@ -215,3 +215,54 @@ fn read_answer(
         }
     }
 }
+
+/// Reads a complete item from the store, piece by piece, each piece re-verified as it is read.
+struct ItemReader {
+    store: Arc<ContentStore>,
+    id: ContentId,
+    pieces: u64,
+    next: u64,
+    buf: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for ItemReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.buf.len() {
+            if self.next == self.pieces {
+                return Ok(0);
+            }
+            self.buf.clear();
+            self.at = 0;
+            self.store
+                .read_piece_into(self.id, self.next, &mut self.buf)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.next += 1;
+        }
+        let n = out.len().min(self.buf.len() - self.at);
+        out[..n].copy_from_slice(&self.buf[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The decrypt check of SPEC R9: opens the sealed `parent` with `key` and compares the
+/// plaintext's hash with `child` (the id of its claimed decrypted form). `None` if the parent
+/// could not be read (not held completely, or damaged: that has its own path).
+pub fn decrypt_check(
+    store: &Arc<ContentStore>,
+    key: &mynet_storage::sealed::SealKey,
+    parent: ContentId,
+    child: ContentId,
+) -> Option<bool> {
+    let info = store.info(parent).ok().flatten().filter(|i| i.complete())?;
+    let pieces = mynet_core::content::Layout { size: info.size }.pieces();
+    let reader = ItemReader { store: store.clone(), id: parent, pieces, next: 0, buf: Vec::new(), at: 0 };
+    let mut hasher = blake3::Hasher::new();
+    match mynet_storage::sealed::open(key, std::io::BufReader::new(reader), &mut hasher) {
+        Ok(_) => Some(*hasher.finalize().as_bytes() == child.0),
+        // Sealed bytes that do not open with the named key cannot give the child either.
+        Err(mynet_storage::sealed::SealError::Io(_)) => None,
+        Err(_) => Some(false),
+    }
+}

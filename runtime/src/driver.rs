@@ -444,8 +444,45 @@ impl Driver {
         }
     }
 
+    /// SPEC R9's decrypted-form check, for the pairs involving `id` whose original and form are
+    /// both held, whose key the registry holds, and that were not checked yet: a blocking task
+    /// decrypts the original and reports the verdict as an input (the key never reaches the
+    /// node).
+    fn check_relations(&mut self, id: ContentId) {
+        let node = self.journal.node();
+        let catalogue = node.reconcile().catalogue();
+        let registry = mynet_storage::keys::KeyRegistry::new(std::path::Path::new(&self.facts.data_dir));
+        for (parent, child) in mynet_core::states::States::decrypt_pairs(catalogue, &id) {
+            let held = node.content().holds(&parent) && node.content().holds(&child);
+            if !held || node.states().verdict(parent, child).is_some() {
+                continue;
+            }
+            let key_id = catalogue.get(&parent).and_then(|s| s.meta.key_id.clone()).unwrap_or_default();
+            let key = match registry.get(&key_id) {
+                Ok(Some(key)) => key,
+                Ok(None) => continue,
+                Err(err) => {
+                    tracing::warn!("cannot check {child} against {parent}: {err}");
+                    continue;
+                }
+            };
+            let (Some(store), inputs) = (self.store.as_ref().map(Store::shared), self.store_inputs.clone()) else {
+                return;
+            };
+            tokio::task::spawn_blocking(move || {
+                if let Some(ok) = content::decrypt_check(&store, &key, parent, child) {
+                    let _ = inputs.send(Input::RelationChecked { parent, child, ok });
+                }
+            });
+        }
+    }
+
     fn log_event(&mut self, event: &Event) {
         match event {
+            Event::ItemComplete { id, .. } | Event::ItemAdded { id, .. } => {
+                tracing::info!("{event}");
+                self.check_relations(*id);
+            }
             Event::PhaseEntered { phase } => {
                 let number = phase_number(*phase);
                 if *phase == Phase::Ready {
@@ -471,7 +508,14 @@ impl Driver {
 
     fn on_api(&mut self, request: ApiRequest) -> Result<()> {
         if let Some(input) = request.input {
+            let edited = match &input {
+                Input::Edit(edit) => Some(edit.id),
+                _ => None,
+            };
             self.feed(input)?;
+            if let Some(id) = edited {
+                self.check_relations(id);
+            }
         }
         let path = request.path.as_str();
         let answer = match path {

@@ -135,6 +135,15 @@ fn a_group_with_an_encrypted_original_replicates_and_decrypts_where_the_key_was_
     let flagged = c.wait_status(Duration::from_secs(60), |s| s["states"]["by_flag"]["key_revoked"] == 1);
     assert_eq!(flagged["content"]["complete"], 4, "{flagged}");
 
+    // A wrong decrypted form: flagged from the signed plaintext hash everywhere, and found by
+    // decrypting the original where the key is held (its publisher is penalised there).
+    let wrong = root.path().join("wrong.bin");
+    std::fs::write(&wrong, data("wrong", 5_000)).expect("write");
+    add(&a, &wrong, &["--group", &original, "--relation", "decrypted"]);
+    b.wait_log("does not give its decrypted form", Duration::from_secs(60));
+    let flagged = c.wait_status(Duration::from_secs(60), |s| s["states"]["by_flag"]["relation_mismatch"] == 1);
+    assert_eq!(flagged["states"]["by_state"]["decrypted"], 2, "{flagged}");
+
     for node in [&mut a, &mut b, &mut c] {
         assert!(node.stop().success());
     }

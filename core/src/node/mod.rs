@@ -217,6 +217,11 @@ impl Node {
         &self.state.reconcile
     }
 
+    /// Content states and decrypt verdicts, read-only.
+    pub fn states(&self) -> &crate::states::States {
+        &self.state.states
+    }
+
     /// The group `id` belongs to, each member's state, whether it is held here and its flags
     /// (`mynet group`).
     pub fn group(&self, id: &ContentId) -> Option<crate::states::GroupView> {

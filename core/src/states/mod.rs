@@ -190,6 +190,22 @@ impl States {
         out
     }
 
+    /// Pairs (encrypted original, its decrypted form) that involve `id`, from the catalogue.
+    pub fn decrypt_pairs(catalogue: &Catalogue, id: &ContentId) -> Vec<(ContentId, ContentId)> {
+        let Some(meta) = catalogue.get(id).map(|s| &s.meta) else { return Vec::new() };
+        let mut out = Vec::new();
+        if meta.state == ItemState::Encrypted {
+            out.extend(meta.relations.iter().filter(|r| r.kind == DECRYPTED).map(|r| (meta.id, r.child)));
+        }
+        if let Some(root) = meta.group.filter(|g| *g != meta.id).and_then(|g| catalogue.get(&g)).map(|s| &s.meta)
+            && root.state == ItemState::Encrypted
+            && root.relations.iter().any(|r| r.kind == DECRYPTED && r.child == meta.id)
+        {
+            out.push((root.id, meta.id));
+        }
+        out
+    }
+
     /// The item `meta` is related from: its group's root, when the root names it (with
     /// `kind`, if given).
     fn parent<'a>(&self, catalogue: &'a Catalogue, meta: &Meta, kind: Option<&str>) -> Option<&'a Meta> {
