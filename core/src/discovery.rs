@@ -168,6 +168,9 @@ pub struct Discovery {
     info_requested: bool,
 }
 
+/// After a failed dial while short of peers, the next round is at most this far away.
+pub const REFILL_AFTER_FAILED_DIAL_MS: u64 = 5_000;
+
 impl Discovery {
     /// A module whose table holds at most `max_known_peers`.
     pub fn new(max_known_peers: usize) -> Discovery {
@@ -245,6 +248,14 @@ impl Discovery {
             && let Some(expected) = closed.expect
         {
             self.known.dial_failed(&expected, cx.now.mono);
+            // Short of peers (a dial made during a partition, a dead candidate): the next
+            // round, which dials other candidates, comes soon rather than a whole interval on.
+            let soon = cx.now.mono.plus_ms(REFILL_AFTER_FAILED_DIAL_MS);
+            if cx.conns.established().count() < cx.config.target_peers as usize
+                && let Some(next) = self.next_round.as_mut()
+            {
+                *next = (*next).min(soon);
+            }
         }
         self.settled(cx, closed.conn);
         if closed.established {

@@ -112,7 +112,17 @@ pub struct Driver {
     failure: Option<(Phase, StartupFailure)>,
     store: Option<Store>,
     store_inputs: mpsc::UnboundedSender<Input>,
+    /// Decrypt checks started (SPEC R9), by (original, decrypted form).
+    relation_checks: HashMap<(ContentId, ContentId), Instant>,
+    last_sweep: Instant,
 }
+
+/// How often the driver looks for (original, decrypted form) pairs to check.
+const RELATION_SWEEP: Duration = Duration::from_secs(30);
+/// A check that gave no verdict (the original unreadable) is tried again after this long.
+const RELATION_RETRY: Duration = Duration::from_secs(600);
+/// Checks remembered at once.
+const RELATION_CHECKS_MAX: usize = 10_000;
 
 impl ConnHandle {
     fn new(task: JoinHandle<()>) -> ConnHandle {
@@ -164,6 +174,8 @@ impl Driver {
             failure: None,
             store: Some(store),
             store_inputs,
+            relation_checks: HashMap::new(),
+            last_sweep: Instant::now(),
         };
         let needs = driver.journal.log().next_seq();
         for output in initial {
@@ -245,6 +257,7 @@ impl Driver {
                 _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
                     if deadline.is_some() {
                         self.feed(Input::Tick)?;
+                        self.sweep_relations();
                     }
                 }
                 // What the store made durable (or found damaged).
@@ -457,6 +470,18 @@ impl Driver {
             if !held || node.states().verdict(parent, child).is_some() {
                 continue;
             }
+            // One check at a time per pair; one that gave no verdict is tried again later.
+            let now = Instant::now();
+            if self.relation_checks.get(&(parent, child)).is_some_and(|at| now.duration_since(*at) < RELATION_RETRY) {
+                continue;
+            }
+            if self.relation_checks.len() >= RELATION_CHECKS_MAX {
+                self.relation_checks.retain(|_, at| now.duration_since(*at) < RELATION_RETRY);
+                if self.relation_checks.len() >= RELATION_CHECKS_MAX {
+                    return;
+                }
+            }
+            self.relation_checks.insert((parent, child), now);
             let key_id = catalogue.get(&parent).and_then(|s| s.meta.key_id.clone()).unwrap_or_default();
             let key = match registry.get(&key_id) {
                 Ok(Some(key)) => key,
@@ -474,6 +499,28 @@ impl Driver {
                     let _ = inputs.send(Input::RelationChecked { parent, child, ok });
                 }
             });
+        }
+    }
+
+    /// Every [`RELATION_SWEEP`], checks the pairs whose metadata arrived after both items were
+    /// held (completion and edits trigger the others at once).
+    fn sweep_relations(&mut self) {
+        if self.last_sweep.elapsed() < RELATION_SWEEP {
+            return;
+        }
+        self.last_sweep = Instant::now();
+        let roots: Vec<ContentId> = self
+            .journal
+            .node()
+            .reconcile()
+            .catalogue()
+            .metas()
+            .values()
+            .filter(|s| s.meta.state == mynet_core::reconcile::meta::ItemState::Encrypted)
+            .map(|s| s.meta.id)
+            .collect();
+        for id in roots {
+            self.check_relations(id);
         }
     }
 

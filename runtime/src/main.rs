@@ -171,6 +171,9 @@ struct SimArgs {
     /// honest node must hold all of them by the end.
     #[arg(long, default_value_t = 0, value_name = "N")]
     content: usize,
+    /// Every `--content` item this many bytes (instead of varied sizes).
+    #[arg(long, value_name = "BYTES")]
+    content_size: Option<u64>,
     /// N pairs of concurrent conflicting metadata edits of `--content` items, each pair by two
     /// different publishers; every replica must converge on the conflict rule's winner.
     #[arg(long, default_value_t = 0, value_name = "N")]
@@ -319,6 +322,9 @@ fn sim(args: SimArgs) -> Result<()> {
     }
     let mut config = mynet_sim::SimConfig::new(args.seed, args.nodes, args.duration);
     config.content = args.content;
+    if let Some(size) = args.content_size {
+        config.content_sizes = vec![size; args.content];
+    }
     config.updates = args.updates;
     config.publishers = args.publishers;
     config.catalogue = args.catalogue;

@@ -57,7 +57,13 @@ pub struct FaultProfile {
 
 impl FaultProfile {
     /// A named profile; `swarm` draws one from `seed`.
+    /// The named profile; `a+b` combines profiles (each field the larger of the two), so a
+    /// combination a test builds can be reproduced from the command line.
     pub fn named(name: &str, seed: u64) -> Option<FaultProfile> {
+        if let Some((first, rest)) = name.split_once('+') {
+            let (a, b) = (FaultProfile::named(first, seed)?, FaultProfile::named(rest, seed)?);
+            return Some(a.combine(b, name));
+        }
         let profile = match name {
             "none" => FaultProfile { name: "none".into(), jitter_us_max: 2_000, ..FaultProfile::default() },
             "network" => FaultProfile::network(),
@@ -70,6 +76,33 @@ impl FaultProfile {
             _ => return None,
         };
         Some(profile)
+    }
+
+    fn combine(self, o: FaultProfile, name: &str) -> FaultProfile {
+        FaultProfile {
+            name: name.into(),
+            jitter_us_max: self.jitter_us_max.max(o.jitter_us_max),
+            loss: self.loss.max(o.loss),
+            reorder: self.reorder.max(o.reorder),
+            duplicate: self.duplicate.max(o.duplicate),
+            reset: self.reset.max(o.reset),
+            stall: self.stall.max(o.stall),
+            stall_ms_max: self.stall_ms_max.max(o.stall_ms_max),
+            bandwidth_min: self.bandwidth_min.max(o.bandwidth_min),
+            bandwidth_max: self.bandwidth_max.max(o.bandwidth_max),
+            partition_every_ms: self.partition_every_ms.max(o.partition_every_ms),
+            partition_ms_max: self.partition_ms_max.max(o.partition_ms_max),
+            one_way: self.one_way.max(o.one_way),
+            crash_every_ms: self.crash_every_ms.max(o.crash_every_ms),
+            down_ms_max: self.down_ms_max.max(o.down_ms_max),
+            clock_skew_ms_max: self.clock_skew_ms_max.max(o.clock_skew_ms_max),
+            drift_ppm_max: self.drift_ppm_max.max(o.drift_ppm_max),
+            clock_jump_every_ms: self.clock_jump_every_ms.max(o.clock_jump_every_ms),
+            clock_jump_ms_max: self.clock_jump_ms_max.max(o.clock_jump_ms_max),
+            shared_ip: self.shared_ip.max(o.shared_ip),
+            adversaries: self.adversaries.max(o.adversaries),
+            attack_every_ms: self.attack_every_ms.max(o.attack_every_ms),
+        }
     }
 
     fn network() -> FaultProfile {

@@ -20,6 +20,8 @@ pub enum Violation {
     LogDisagrees(String),
     /// A node stored (or counts as held) a piece that was not verified or is not durable.
     UnverifiedPiece(String),
+    /// Key bytes in a frame or a log record (keys stay in the registry).
+    KeyMaterial(String),
 }
 
 impl fmt::Display for Violation {
@@ -33,6 +35,7 @@ impl fmt::Display for Violation {
             Violation::RestartFailed(e) => write!(f, "restart failed: {e}"),
             Violation::LogDisagrees(e) => write!(f, "restarted node disagrees with its durable log: {e}"),
             Violation::UnverifiedPiece(e) => write!(f, "unverified or non-durable piece: {e}"),
+            Violation::KeyMaterial(e) => write!(f, "key bytes found in {e}"),
         }
     }
 }
@@ -70,6 +73,11 @@ pub enum LivenessFailure {
         node: usize,
         detail: String,
     },
+    /// Replicas report different members or flags for a group.
+    GroupsDiffer {
+        node: usize,
+        detail: String,
+    },
 }
 
 impl fmt::Display for LivenessFailure {
@@ -85,6 +93,7 @@ impl fmt::Display for LivenessFailure {
                 write!(f, "node {node} holds {held} of {pieces} pieces of item {item}")
             }
             LivenessFailure::MetadataDiverged { node, detail } => write!(f, "node {node}: metadata diverged: {detail}"),
+            LivenessFailure::GroupsDiffer { node, detail } => write!(f, "node {node}: groups differ: {detail}"),
         }
     }
 }

@@ -138,6 +138,9 @@ macro_rules! cx {
     };
 }
 
+// After `cx!`, which it uses.
+mod states;
+
 impl Node {
     /// A node at the start of its bootstrap phase. Its first outputs (dials) are queued.
     pub fn new(config: Config, identity: Identity, rng_seed: u64, now: Time) -> Node {
@@ -215,22 +218,6 @@ impl Node {
     /// The reconciliation module (catalogue of signed metadata), read-only.
     pub fn reconcile(&self) -> &Reconcile {
         &self.state.reconcile
-    }
-
-    /// Content states and decrypt verdicts, read-only.
-    pub fn states(&self) -> &crate::states::States {
-        &self.state.states
-    }
-
-    /// The group `id` belongs to, each member's state, whether it is held here and its flags
-    /// (`mynet group`).
-    pub fn group(&self, id: &ContentId) -> Option<crate::states::GroupView> {
-        let catalogue = self.state.reconcile.catalogue();
-        let mut view = self.state.states.group(catalogue, id, self.state.now.wall_ms)?;
-        for member in &mut view.members {
-            member.held = self.state.content.holds(&member.id);
-        }
-        Some(view)
     }
 
     /// Every item, for `mynet ls`.
@@ -536,20 +523,6 @@ impl Node {
                 let violation = Violation::WrongAnswerKind { id: request, expected, got: crate::wire::Kind::Piece };
                 self.misbehaved(conn, CloseReason::Protocol(violation))
             }
-        }
-    }
-
-    /// The runtime decrypted `parent` with key material the node never sees and compared the
-    /// plaintext with `child`: a mismatch flags the relation and penalises the child's author.
-    fn relation_checked(&mut self, parent: ContentId, child: ContentId, ok: bool) {
-        if !self.state.states.checked(parent, child, ok) || ok {
-            return;
-        }
-        cx!(self).event(Event::RelationMismatch { parent, child });
-        let author = self.state.reconcile.catalogue().get(&child).map(|s| s.meta.author);
-        if let Some(author) = author.filter(|a| *a != self.identity.public_key()) {
-            let points = crate::content::POINTS_BAD_DATA;
-            cx!(self).penalise(crate::penalties::Offender::Node(NodeId::from_public_key(&author)), points);
         }
     }
 

@@ -24,12 +24,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::content::ContentId;
 use crate::reconcile::catalogue::Catalogue;
-use crate::reconcile::meta::{ItemState, KeyRecord, Meta, key_record_id};
+use crate::reconcile::meta::{FUTURE_MAX_MS, ItemState, KeyRecord, Meta, key_record_id};
 
 /// The tag that marks a preview.
 pub const PREVIEW_TAG: &str = "preview";
 /// The relation kind from an encrypted original to its decrypted form.
 pub const DECRYPTED: &str = "decrypted";
+/// Misbehaviour points for publishing a decrypted form that is not the original's plaintext:
+/// a penalty, not a ban (it may be an honest publisher's wrong file, and the publisher may be
+/// a bootstrap node the penalising node needs after a restart).
+pub const POINTS_RELATION_MISMATCH: u32 = 20;
 /// Verdicts of decrypt checks remembered (the oldest are forgotten first).
 pub const CHECKS_MAX: usize = 10_000;
 
@@ -121,7 +125,11 @@ pub fn key_flag(record: Option<&KeyRecord>, now_wall_ms: u64) -> Option<Flag> {
     if record.revoked {
         return Some(Flag::KeyRevoked);
     }
-    if now_wall_ms < record.valid_from_ms || record.valid_until_ms.is_some_and(|until| now_wall_ms > until) {
+    // A record's start is its publisher's clock: a clock behind it by less than the tolerance
+    // versions get (`FUTURE_MAX_MS`) does not make the key "not valid yet" (replicas would
+    // disagree on the flag by their clocks).
+    let not_yet = now_wall_ms.saturating_add(FUTURE_MAX_MS) < record.valid_from_ms;
+    if not_yet || record.valid_until_ms.is_some_and(|until| now_wall_ms > until) {
         return Some(Flag::KeyExpired);
     }
     None
@@ -131,29 +139,46 @@ pub fn key_flag(record: Option<&KeyRecord>, now_wall_ms: u64) -> Option<Flag> {
 /// the node never sees.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct States {
-    /// (encrypted parent, decrypted child) → whether decrypting the parent gave the child.
-    checks: BTreeMap<(ContentId, ContentId), bool>,
+    /// Encrypted parent → decrypted child → whether decrypting the parent gave the child
+    /// (nested, so the state stays representable as JSON).
+    checks: BTreeMap<ContentId, BTreeMap<ContentId, bool>>,
+    /// Verdicts held, at most [`CHECKS_MAX`].
+    count: usize,
 }
 
 impl States {
     /// Records a decrypt check's verdict; false if it was already known.
     pub fn checked(&mut self, parent: ContentId, child: ContentId, ok: bool) -> bool {
-        if self.checks.get(&(parent, child)) == Some(&ok) {
+        let known = self.verdict(parent, child);
+        if known == Some(ok) {
             return false;
         }
-        if self.checks.len() >= CHECKS_MAX && !self.checks.contains_key(&(parent, child)) {
+        if known.is_none() && self.count >= CHECKS_MAX {
             // Keep failures (they carry blame) over successes when full.
-            let drop = self.checks.iter().find(|(_, ok)| **ok).map(|(k, _)| *k);
-            let Some(drop) = drop.or_else(|| self.checks.keys().next().copied()) else { return false };
-            self.checks.remove(&drop);
+            let pairs = || self.checks.iter().flat_map(|(p, m)| m.iter().map(move |(c, ok)| (*p, *c, *ok)));
+            let drop = pairs().find(|(_, _, ok)| *ok).or_else(|| pairs().next());
+            let Some((p, c, _)) = drop else { return false };
+            self.remove(p, c);
         }
-        self.checks.insert((parent, child), ok);
+        if self.checks.entry(parent).or_default().insert(child, ok).is_none() {
+            self.count += 1;
+        }
         true
+    }
+
+    fn remove(&mut self, parent: ContentId, child: ContentId) {
+        let Some(children) = self.checks.get_mut(&parent) else { return };
+        if children.remove(&child).is_some() {
+            self.count -= 1;
+        }
+        if children.is_empty() {
+            self.checks.remove(&parent);
+        }
     }
 
     /// Whether the pair was checked, and how it went.
     pub fn verdict(&self, parent: ContentId, child: ContentId) -> Option<bool> {
-        self.checks.get(&(parent, child)).copied()
+        self.checks.get(&parent).and_then(|m| m.get(&child)).copied()
     }
 
     /// The flags of one item.

@@ -9,6 +9,7 @@ mod network;
 mod nodes;
 mod reconcile;
 mod report;
+mod states;
 
 pub use content::{ContentFault, ContentSummary, SimItem};
 pub use reconcile::ReconcileSummary;
@@ -119,6 +120,9 @@ impl SimConfig {
                 content.push_str(&format!(" --{flag} {n}"));
             }
         }
+        if let Some(size) = self.content_sizes.first().filter(|s| self.content_sizes.iter().all(|x| x == *s)) {
+            content.push_str(&format!(" --content-size {size}"));
+        }
         format!(
             "mynet sim --seed {} --nodes {} --duration {}ms --faults {}{content}",
             self.seed, self.nodes, self.duration_ms, self.faults.name
@@ -190,6 +194,8 @@ pub struct Summary {
     pub requests: mynet_core::request::RequestCounters,
     /// The content workload (`--content`).
     pub content: ContentSummary,
+    /// Groups of the content workload (SPEC R9).
+    pub groups: states::GroupsSummary,
     /// Reconciliation of the catalogue.
     pub reconcile: ReconcileSummary,
 }
@@ -240,6 +246,19 @@ enum Ev {
     PieceSent {
         from: End,
     },
+    /// A group's publisher describes it (`states`).
+    Group {
+        group: usize,
+    },
+    /// Nodes given the keys look for pairs to check (every 30 s).
+    DecryptSweep,
+    /// A node given the keys reports a decrypt check.
+    DecryptCheck {
+        node: usize,
+        epoch: u32,
+        parent: mynet_core::content::ContentId,
+        child: mynet_core::content::ContentId,
+    },
     Edit {
         node: usize,
         item: usize,
@@ -270,6 +289,9 @@ impl Ev {
             Ev::Edit { node, tag, .. } => (16, *node, *tag),
             Ev::Catalogue => (17, 0, 0),
             Ev::PieceSent { from } => (18, from.0, from.2.0),
+            Ev::Group { group } => (19, *group, 0),
+            Ev::DecryptCheck { node, .. } => (20, *node, 0),
+            Ev::DecryptSweep => (21, 0, 0),
         }
     }
 }
@@ -399,6 +421,7 @@ pub struct World {
     outputs: Vec<Output>,
     content: content::Workload,
     edits: reconcile::Edits,
+    groups: states::Groups,
 }
 
 impl World {
@@ -481,6 +504,7 @@ impl World {
             outputs: Vec::new(),
             content: content::Workload::default(),
             edits: reconcile::Edits::default(),
+            groups: states::Groups::default(),
         };
         world.schedule_faults();
         world
@@ -542,6 +566,7 @@ impl World {
             self.schedule(self.config.heal_at_us(), Ev::HealClocks);
         }
         self.schedule_content();
+        self.schedule_groups();
         self.schedule_reconcile();
     }
 
@@ -550,7 +575,8 @@ impl World {
         self.run_until(self.config.duration_ms * 1000)?;
         self.check_liveness()?;
         self.check_content()?;
-        self.check_reconcile()
+        self.check_reconcile()?;
+        self.check_groups()
     }
 
     /// Processes every event up to simulated time `until_us`.
@@ -632,6 +658,12 @@ impl World {
             Ev::Catalogue => self.publish_catalogue(),
             Ev::PieceSent { from } => {
                 self.piece_sent(from);
+                Ok(())
+            }
+            Ev::Group { group } => self.describe_group(group),
+            Ev::DecryptCheck { node, epoch, parent, child } => self.decrypt_check(node, epoch, parent, child),
+            Ev::DecryptSweep => {
+                self.decrypt_sweep();
                 Ok(())
             }
         }

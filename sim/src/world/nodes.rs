@@ -106,6 +106,13 @@ impl World {
     /// Per-output safety checks and statistics.
     pub(super) fn observe(&mut self, n: usize, output: &Output) -> Result<(), SimError> {
         self.observe_content(n, output)?;
+        match output {
+            Output::Send { bytes, .. } => self.scan_frame(n, bytes)?,
+            Output::Event(Event::ItemComplete { id, .. } | Event::ItemAdded { id, .. }) => {
+                self.schedule_decrypt_checks(n, *id)
+            }
+            _ => {}
+        }
         let now = self.now_us;
         let Some(h) = self.honest_mut(n) else { return Ok(()) };
         match output {

@@ -157,6 +157,7 @@ impl World {
             faults_injected: self.counts.clone(),
             requests,
             content: self.content_summary(),
+            groups: self.groups_summary(),
             reconcile: self.reconcile_summary(),
         }
     }
@@ -201,7 +202,7 @@ impl std::fmt::Display for TraceEvent {
 }
 
 /// Names of the simulator's events, indexed by `Ev::tag`'s first element.
-pub(super) const EVENT_KINDS: [&str; 19] = [
+pub(super) const EVENT_KINDS: [&str; 22] = [
     "start",
     "timer",
     "connect",
@@ -221,6 +222,9 @@ pub(super) const EVENT_KINDS: [&str; 19] = [
     "edit",
     "catalogue",
     "piece_sent",
+    "group",
+    "decrypt_check",
+    "decrypt_sweep",
 ];
 
 /// The first event index at which two recorded traces differ.
