@@ -502,6 +502,11 @@ impl Driver {
         }
     }
 
+    /// The node's catalogue of signed metadata.
+    fn catalogue(&self) -> &mynet_core::reconcile::catalogue::Catalogue {
+        self.journal.node().reconcile().catalogue()
+    }
+
     /// Every [`RELATION_SWEEP`], checks the pairs whose metadata arrived after both items were
     /// held (completion and edits trigger the others at once).
     fn sweep_relations(&mut self) {
@@ -510,9 +515,6 @@ impl Driver {
         }
         self.last_sweep = Instant::now();
         let roots: Vec<ContentId> = self
-            .journal
-            .node()
-            .reconcile()
             .catalogue()
             .metas()
             .values()
@@ -616,9 +618,6 @@ impl Driver {
     fn keys_json(&self) -> serde_json::Value {
         let now = self.clock.now().wall_ms;
         let records: Vec<_> = self
-            .journal
-            .node()
-            .reconcile()
             .catalogue()
             .metas()
             .values()
