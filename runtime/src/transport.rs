@@ -25,8 +25,10 @@ use crate::noise::{self, NoiseError};
 pub const WRITE_QUEUE_MAX: usize = 256;
 /// Bytes a connection's reader takes from the socket at once.
 pub const READ_BUFFER: usize = 256 * 1024;
-/// Pieces (1 MiB each) queued for one connection's writer.
-pub const PIECES_QUEUED_MAX: usize = 4;
+/// Pieces (1 MiB each) queued for one connection's writer, besides the one it writes. One: a
+/// piece read for serving waits in its task, where a `Cancel` can still drop it (the serving
+/// tasks keep the next pieces read, so the writer never waits for the disk).
+pub const PIECES_QUEUED_MAX: usize = 1;
 /// Events queued from all connections to the driver (back-pressure on readers).
 pub const NET_EVENTS_MAX: usize = 1024;
 /// Received messages of one connection waiting for the driver; its reader waits for a credit

@@ -131,3 +131,15 @@ fn a_stalling_announced_holder_does_not_hide_the_others() {
     let c = &summary.content;
     assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
 }
+
+/// Regression (`--seed 2091` with the CI's content flags; 220 KB/s–2.2 MB/s uplinks): a node's
+/// uplink was one queue for all its connections, up to four 1 MiB pieces from each, so a small
+/// piece waited behind tens of megabytes and its request timed out again and again. Links now
+/// take turns on the uplink a piece at a time (as TCP flows share a link), and the production
+/// writer queues one piece, so a cancel reaches the rest.
+#[test]
+fn a_slow_swarm_shares_its_uplinks_and_replicates_everything() {
+    let summary = run(swarm_with_edits(2091)).unwrap_or_else(|e| panic!("{e}"));
+    let c = &summary.content;
+    assert_eq!(c.replicas_complete, c.replicas_expected, "{c:?}");
+}

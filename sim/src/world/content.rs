@@ -21,8 +21,12 @@ use super::*;
 /// Fastest simulated disk write of a piece group.
 const DISK_US: u64 = 2_000;
 /// Pieces per connection past the point where a cancel can recall them: the production
-/// driver's queue of pieces read for a connection (`PIECES_QUEUED_MAX` in the runtime).
-pub(super) const PIECES_COMMITTED_MAX: usize = 4;
+/// writer's piece and its queue of one (`PIECES_QUEUED_MAX` in the runtime).
+pub(super) const PIECES_COMMITTED_MAX: usize = 2;
+/// Pieces per connection in the node's uplink at once. One: the uplink is shared round-robin
+/// among connections a piece at a time, as TCP shares a link among flows, rather than one
+/// connection's queue holding up every other's.
+pub(super) const PIECES_IN_UPLINK_MAX: usize = 1;
 
 /// A generated item.
 #[derive(Clone, Debug)]
@@ -197,7 +201,12 @@ impl World {
             Output::CancelServe { conn, request } => {
                 let end = self.end(n, conn);
                 if let Some(link) = self.links.get_mut(&end) {
-                    link.waiting.retain(|(r, _, _)| *r != request);
+                    // The first waiting ones are committed (read for the writer) with the one
+                    // on the uplink; a cancel reaches only those behind them.
+                    let committed = PIECES_COMMITTED_MAX.saturating_sub(link.committed);
+                    if let Some(at) = link.waiting.iter().skip(committed).position(|(r, _, _)| *r == request) {
+                        link.waiting.remove(committed + at);
+                    }
                 }
             }
             _ => {}
@@ -260,11 +269,11 @@ impl World {
         }
     }
 
-    /// Sends the piece now if fewer than [`PIECES_COMMITTED_MAX`] are on their way out of this
-    /// end's uplink, else queues it where a cancel can still reach it.
+    /// Sends the piece now if this end has none on the uplink ([`PIECES_IN_UPLINK_MAX`]), else
+    /// queues it (behind [`PIECES_COMMITTED_MAX`] committed ones a cancel can still reach it).
     fn queue_piece(&mut self, end: End, request: RequestId, header: PieceHeader, hash: [u8; 32]) {
         let Some(link) = self.links.get_mut(&end) else { return };
-        if link.committed >= PIECES_COMMITTED_MAX {
+        if link.committed >= PIECES_IN_UPLINK_MAX {
             link.waiting.push_back((request, header, hash));
             return;
         }

@@ -377,7 +377,7 @@ struct Link {
     last_piece_us: u64,
     stalled_until_us: u64,
     /// Pieces handed to the uplink and not yet serialized onto it (at most
-    /// [`content::PIECES_COMMITTED_MAX`]); a cancel cannot recall them.
+    /// [`content::PIECES_IN_UPLINK_MAX`]); a cancel cannot recall them.
     committed: usize,
     /// Pieces served from this end waiting for the uplink, oldest first: a cancel removes one
     /// (as the production driver aborts a serve that has not reached the socket).
