@@ -4,6 +4,16 @@
 
 use mynet_sim::{SimConfig, run};
 
+/// The CI's content seeds: 40 nodes, 10 minutes, `--faults swarm --content 20 --updates 10
+/// --publishers 5`.
+fn swarm_with_edits(seed: u64) -> SimConfig {
+    let mut config = SimConfig::new(seed, 40, 10 * 60_000).with_faults("swarm").expect("profile");
+    config.content = 20;
+    config.updates = 10;
+    config.publishers = 5;
+    config
+}
+
 #[test]
 fn groups_replicate_whole_and_every_replica_reports_the_same_flags() {
     let mut config = SimConfig::new(5, 30, 10 * 60_000).with_faults("swarm").expect("profile");
@@ -38,11 +48,7 @@ fn a_wrong_decrypted_form_is_flagged_on_every_replica() {
 /// now costs the publisher 20 points, not a ban.
 #[test]
 fn a_wrong_decrypted_form_does_not_ban_its_publisher() {
-    let mut config = SimConfig::new(3025, 40, 10 * 60_000).with_faults("swarm").expect("profile");
-    config.content = 20;
-    config.updates = 10;
-    config.publishers = 5;
-    let summary = run(config).unwrap_or_else(|e| panic!("{e}"));
+    let summary = run(swarm_with_edits(3025)).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(summary.ready_nodes, 40);
     assert!(summary.groups.decrypt_checks > 0 && summary.groups.consistent, "{:?}", summary.groups);
 }
@@ -53,10 +59,6 @@ fn a_wrong_decrypted_form_does_not_ban_its_publisher() {
 /// are.
 #[test]
 fn a_publishers_clock_ahead_does_not_split_the_flags() {
-    let mut config = SimConfig::new(1041, 40, 10 * 60_000).with_faults("swarm").expect("profile");
-    config.content = 20;
-    config.updates = 10;
-    config.publishers = 5;
-    let summary = run(config).unwrap_or_else(|e| panic!("{e}"));
+    let summary = run(swarm_with_edits(1041)).unwrap_or_else(|e| panic!("{e}"));
     assert!(summary.groups.consistent, "{:?}", summary.groups);
 }
