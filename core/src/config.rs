@@ -165,8 +165,13 @@ config_schema! {
         handshake_timeout_ms: u64 = 10_000,
         /// Largest accepted difference between a peer's handshake timestamp and our clock.
         max_clock_skew_ms: u64 = 60_000,
-        /// Period of peer discovery rounds (SPEC R5.4).
+        /// Period of peer discovery rounds (SPEC R5.4): peer exchange, the DHT, LAN multicast.
         discovery_interval_ms: u64 = 60_000,
+        /// Take part in the Kademlia DHT (SPEC R5.2): routing table, lookups, provider records.
+        dht: bool = true,
+        /// How often the provider records of held items are published again (they expire
+        /// after twice this).
+        provider_republish_ms: u64 = 22 * 3_600_000,
         /// Rounds of dialling the bootstrap list before start-up gives up.
         bootstrap_attempts: u32 = 4,
         /// Pause before the second bootstrap round; it doubles for each later round.
@@ -324,7 +329,7 @@ impl Config {
     }
 
     fn validate_limits(&self, src: &dyn Fn(&'static str) -> Source) -> Result<(), ConfigError> {
-        let ranges: [(&'static str, u64, u64, u64); 20] = [
+        let ranges: [(&'static str, u64, u64, u64); 21] = [
             ("reconcile_interval_ms", self.reconcile_interval_ms, 100, 86_400_000),
             ("sync_workers", u64::from(self.sync_workers), 1, 64),
             ("initial_sync_max_ms", self.initial_sync_max_ms, 0, 86_400_000),
@@ -337,6 +342,7 @@ impl Config {
             ("handshake_timeout_ms", self.handshake_timeout_ms, 100, 600_000),
             ("max_clock_skew_ms", self.max_clock_skew_ms, 1_000, 86_400_000),
             ("discovery_interval_ms", self.discovery_interval_ms, 100, 86_400_000),
+            ("provider_republish_ms", self.provider_republish_ms, 10_000, 30 * 86_400_000),
             ("bootstrap_attempts", u64::from(self.bootstrap_attempts), 1, 1_000),
             ("bootstrap_retry_ms", self.bootstrap_retry_ms, 10, 3_600_000),
             ("ban_duration_ms", self.ban_duration_ms, 0, 31_536_000_000),

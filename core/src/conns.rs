@@ -54,6 +54,10 @@ pub struct Conn {
     pub expect: Option<NodeId>,
     /// Whether this is a link to a bootstrap node.
     pub bootstrap: bool,
+    /// A DHT contact: not a regular peer (it does not count towards `target_peers` and closes
+    /// when idle) unless discovery promotes it.
+    #[serde(default)]
+    pub transient: bool,
     /// Bytes of a frame not yet complete.
     pub frames: FrameBuffer,
 }

@@ -101,6 +101,15 @@ pub enum Deferred {
     Catalogued(Vec<crate::states::Named>),
     /// The first reconciliation rounds are over (start-up phase 7 may end).
     CatalogueSettled,
+    /// Peers a DHT lookup reached (verified identities at addresses that answered), for
+    /// discovery to remember and dial towards its target.
+    Discovered(Vec<crate::discovery::PeerRecord>),
+    /// The peer on `conn` holds item `id` (a provider record found it): content may fetch.
+    Holder { conn: ConnId, id: [u8; 32] },
+    /// We hold item `id` (imported, fetched): the DHT publishes a provider record.
+    Provide([u8; 32]),
+    /// No connected peer holds item `id`: the DHT searches for providers.
+    FindProviders([u8; 32]),
 }
 
 /// The node's queue of outputs, plus the running counters they feed.
@@ -123,6 +132,8 @@ pub struct Cx<'a> {
     pub now: Time,
     /// Our id.
     pub node_id: NodeId,
+    /// Our key.
+    pub public_key: crate::id::PublicKey,
     /// The config in force.
     pub config: &'a Config,
     /// The phase start-up is in.
@@ -217,6 +228,15 @@ impl Cx<'_> {
         Ok(conn)
     }
 
+    /// Dials `node` at `addr` as a transient DHT contact (see `dht`), if the limits allow.
+    pub fn dial_transient(&mut self, addr: SocketAddr, node: NodeId) -> Result<ConnId, CloseReason> {
+        let conn = self.dial(addr, Some(node), false)?;
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.transient = true;
+        }
+        Ok(conn)
+    }
+
     /// Accepts an inbound connection if the limits allow; otherwise refuses it.
     pub(crate) fn accept(&mut self, conn: ConnId, addr: SocketAddr) {
         let refusal = if self.penalties.is_banned(&Offender::Ip(addr.ip()), self.now.mono) {
@@ -238,7 +258,9 @@ impl Cx<'_> {
         let handshake_deadline = self.now.mono.plus_ms(self.config.handshake_timeout_ms);
         let state = ConnState::Opening;
         let frames = FrameBuffer::default();
-        self.conns.insert(conn, Conn { direction, addr, state, handshake_deadline, expect, bootstrap, frames });
+        let conn_state =
+            Conn { direction, addr, state, handshake_deadline, expect, bootstrap, transient: false, frames };
+        self.conns.insert(conn, conn_state);
     }
 
     /// Closes `conn` once the current module returns.

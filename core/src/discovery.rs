@@ -15,7 +15,7 @@ use crate::event::{CloseReason, Direction, Event, Phase, Violation};
 use crate::handshake::Link;
 use crate::id::{ConnId, NodeId, PublicKey};
 use crate::node::Closed;
-use crate::peers::{KnownPeers, partial_shuffle};
+use crate::peers::{Found, KnownPeers, partial_shuffle};
 use crate::penalties::{Offender, POINTS_HANDSHAKE};
 use crate::request::{Origin, Pending, RequestId};
 use crate::time::Mono;
@@ -223,8 +223,16 @@ impl Discovery {
 
     /// A handshake completed: remember the peer; ask outbound peers for more.
     pub fn on_established(&mut self, cx: &mut Cx<'_>, link: &Link) {
-        self.known.verified(link.node_id, link.public_key, link.listen_addr, cx.now.mono);
-        if link.direction == Direction::Outbound {
+        let transient = link.transient;
+        let found = match (link.bootstrap, link.direction, transient) {
+            (true, _, _) => Found::Bootstrap,
+            (_, _, true) => Found::Dht,
+            (_, Direction::Inbound, _) => Found::Inbound,
+            _ => Found::Exchange,
+        };
+        self.known.verified(link.node_id, link.public_key, link.listen_addr, cx.now.mono, found);
+        // A DHT contact is not a regular peer: it is asked nothing here.
+        if link.direction == Direction::Outbound && !transient {
             if link.bootstrap && !self.info_requested {
                 self.info_requested = true;
                 self.ask(cx, link.conn, Request::GetNetworkInfo);
@@ -235,6 +243,18 @@ impl Discovery {
         if !link.bootstrap {
             self.release_bootstrap_links(cx);
         }
+    }
+
+    /// Peers a DHT lookup reached (SPEC R5.2, R5.5: ourselves, banned peers and peers over
+    /// the limits are skipped by `fill_peers` as for any candidate).
+    pub fn discovered(&mut self, cx: &mut Cx<'_>, records: &[PeerRecord]) {
+        let now = cx.now.mono;
+        for r in records {
+            if r.node_id != cx.node_id {
+                self.known.verified(r.node_id, r.public_key, Some(r.address), now, Found::Dht);
+            }
+        }
+        self.fill_peers(cx);
     }
 
     /// A connection ended.
@@ -408,14 +428,20 @@ impl Discovery {
         let active = cx
             .conns
             .iter()
-            .filter(|(_, c)| !c.bootstrap && (c.established().is_some() || c.direction == Direction::Outbound))
+            .filter(|(_, c)| {
+                !c.bootstrap && !c.transient && (c.established().is_some() || c.direction == Direction::Outbound)
+            })
             .count();
         if active >= target {
             return;
         }
+
         // Bootstrap nodes are for joining, not regular peers: their inbound slots must stay
         // free for newcomers (they are dialled by bootstrap rounds and when isolated).
-        let mut connected: BTreeSet<NodeId> = cx.conns.iter().filter_map(|(_, c)| c.peer_hint()).collect();
+        // A DHT contact does not count: dialling that peer makes a regular connection, which
+        // the duplicate rule keeps over the contact.
+        let mut connected: BTreeSet<NodeId> =
+            cx.conns.iter().filter(|(_, c)| !c.transient).filter_map(|(_, c)| c.peer_hint()).collect();
         connected.extend(cx.config.bootstrap_nodes.iter().map(|b| b.node_id));
         let (self_id, now, penalties) = (cx.node_id, cx.now.mono, cx.penalties);
         let want = target - active;

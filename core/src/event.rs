@@ -163,6 +163,8 @@ pub enum CloseReason {
     },
     Banned,
     BootstrapReleased,
+    /// A transient (DHT) connection or dial its lookups no longer need.
+    NoLongerNeeded,
     Shutdown,
     Restarted,
     /// The driver reported the transport gone; the text is the driver's.
@@ -195,6 +197,7 @@ impl fmt::Display for CloseReason {
             CloseReason::PerIpLimit { ip, max } => write!(f, "per-IP connection limit {max} reached for {ip}"),
             CloseReason::Banned => f.write_str("peer is blacklisted"),
             CloseReason::BootstrapReleased => f.write_str("enough peers; releasing bootstrap connection"),
+            CloseReason::NoLongerNeeded => f.write_str("DHT contact no longer needed"),
             CloseReason::Shutdown => f.write_str("node shutting down"),
             CloseReason::Restarted => f.write_str("node restarted"),
             CloseReason::Transport(why) => write!(f, "transport: {why}"),
@@ -276,6 +279,17 @@ pub enum Event {
     },
     Initialized {
         peers: u32,
+    },
+    /// A DHT lookup ended. `hops`: for a node lookup, the hop of the answer that named the
+    /// target (0: it was in our table); `ms` until the target answered (or the end).
+    LookupDone {
+        target: [u8; 32],
+        purpose: crate::dht::lookup::Purpose,
+        found: bool,
+        hops: u32,
+        ms: u64,
+        queried: u32,
+        failed: u32,
     },
     /// An item was imported on this node.
     ItemAdded {
@@ -386,6 +400,12 @@ impl fmt::Display for Event {
             Event::RequestTimedOut { conn, id, kind } => write!(f, "{kind} request {id} on {conn} timed out"),
             Event::LateAnswer { conn, id, kind } => write!(f, "late {kind} answer to request {id} on {conn} dropped"),
             Event::SendRefused { conn, kind, error } => write!(f, "{kind} message to {conn} not sent: {error}"),
+            Event::LookupDone { target, purpose, found, hops, ms, queried, failed } => write!(
+                f,
+                "DHT {purpose:?} lookup of {}: {} after {ms} ms, {hops} hops, {queried} asked, {failed} failed",
+                crate::hex::encode(&target[..4]),
+                if *found { "found" } else { "not found" }
+            ),
             Event::Initialized { peers } => write!(f, "node initialized ({peers} {})", plural(*peers, "peer", "peers")),
             Event::ItemAdded { id, size } => write!(f, "item {id} added ({size} bytes)"),
             Event::ItemRemoved { id } => write!(f, "item {id} removed"),

@@ -116,12 +116,35 @@ pub fn build_hello(
     timestamp_ms: u64,
     listen_addr: Option<SocketAddr>,
 ) -> Hello {
+    build_hello_as(identity, role, binding, network_id, version, timestamp_ms, listen_addr, false)
+}
+
+/// The feature an initiator names when the connection is a DHT contact (a lookup's question
+/// or an address check), not a regular peer: the responder then runs no other protocol on it.
+pub const CONTACT_FEATURE: &str = "dht_contact";
+
+/// [`build_hello`], naming [`CONTACT_FEATURE`] when `contact`.
+#[allow(clippy::too_many_arguments)]
+pub fn build_hello_as(
+    identity: &Identity,
+    role: Role,
+    binding: Binding,
+    network_id: &str,
+    version: &str,
+    timestamp_ms: u64,
+    listen_addr: Option<SocketAddr>,
+    contact: bool,
+) -> Hello {
+    let mut features: Vec<String> = FEATURES.iter().map(|f| f.to_string()).collect();
+    if contact {
+        features.push(CONTACT_FEATURE.to_string());
+    }
     let mut hello = Hello {
         node_id: identity.node_id(),
         public_key: identity.public_key(),
         network_id: network_id.to_string(),
         network_version: version.to_string(),
-        features: FEATURES.iter().map(|f| f.to_string()).collect(),
+        features,
         timestamp_ms,
         listen_addr,
         signature: [0; 64],
@@ -209,6 +232,8 @@ pub struct Link {
     pub direction: Direction,
     /// Whether it is a link to a bootstrap node.
     pub bootstrap: bool,
+    /// Whether it is a DHT contact (no other protocol runs on it).
+    pub transient: bool,
 }
 
 /// The secure channel of `conn` is up: the initiator sends its Hello, the responder waits.
@@ -221,7 +246,8 @@ pub(crate) fn handle_secured(cx: &mut Cx<'_>, identity: &Identity, conn_id: Conn
         Direction::Inbound => conn.state = ConnState::AwaitHello { binding },
         Direction::Outbound => {
             conn.state = ConnState::AwaitAck { binding };
-            let hello = own_hello(cx, identity, Role::Initiator, binding);
+            let contact = conn.transient;
+            let hello = own_hello(cx, identity, Role::Initiator, binding, contact);
             let _ = cx.send(conn_id, &Message::Hello(hello));
         }
     }
@@ -245,9 +271,9 @@ pub(crate) fn handle_message(cx: &mut Cx<'_>, identity: &Identity, conn_id: Conn
     }
 }
 
-fn own_hello(cx: &Cx<'_>, identity: &Identity, role: Role, binding: Binding) -> Hello {
+fn own_hello(cx: &Cx<'_>, identity: &Identity, role: Role, binding: Binding, contact: bool) -> Hello {
     let (cfg, listen) = (cx.config, cx.advertised_addr());
-    build_hello(identity, role, binding, &cfg.network_id, &cfg.protocol_version, cx.now.wall_ms, listen)
+    build_hello_as(identity, role, binding, &cfg.network_id, &cfg.protocol_version, cx.now.wall_ms, listen, contact)
 }
 
 fn handle_hello(
@@ -285,20 +311,30 @@ fn handle_hello(
         cx.close(conn_id, CloseReason::Banned);
         return None;
     }
+    // The responder answers even a duplicate before closing it: the dialler then holds proof
+    // that we are reachable at the address it dialled (the DHT's address check), and reaches
+    // the same verdict on its side.
+    if role == Role::Initiator {
+        // The initiator says whether this is a DHT contact; both ends then treat it alike.
+        if hello.features.iter().any(|f| f == CONTACT_FEATURE)
+            && let Some(c) = cx.conns.get_mut(conn_id)
+        {
+            c.transient = true;
+        }
+        let ack = own_hello(cx, identity, Role::Responder, binding, false);
+        let _ = cx.send(conn_id, &Message::HelloAck(ack));
+    }
     if keep_existing(cx, conn_id, hello.node_id) {
         cx.close(conn_id, CloseReason::Duplicate);
         return None;
-    }
-    if role == Role::Initiator {
-        let ack = own_hello(cx, identity, Role::Responder, binding);
-        let _ = cx.send(conn_id, &Message::HelloAck(ack));
     }
     establish(cx, conn_id, &hello)
 }
 
 /// If `conn_id` duplicates an established connection to `peer`, whether the existing one is
-/// kept (and if not, it is closed). Both ends apply the same rule (keep the one dialled by the
-/// lower id), so a simultaneous dial leaves exactly one connection.
+/// kept (and if not, it is closed). Both ends apply the same rule (a regular connection over a
+/// DHT contact, else the one dialled by the lower id), so a simultaneous dial leaves exactly
+/// one connection.
 fn keep_existing(cx: &mut Cx<'_>, conn_id: ConnId, peer: NodeId) -> bool {
     let Some((existing_id, existing_dir)) = cx
         .conns
@@ -308,13 +344,19 @@ fn keep_existing(cx: &mut Cx<'_>, conn_id: ConnId, peer: NodeId) -> bool {
     else {
         return false;
     };
-    let Some(new_dir) = cx.conns.get(conn_id).map(|c| c.direction) else { return true };
-    if existing_dir == new_dir {
+    let Some((new_dir, new_transient)) = cx.conns.get(conn_id).map(|c| (c.direction, c.transient)) else {
         return true;
-    }
-    let us = cx.node_id;
-    let initiator_of = |dir: Direction| if dir == Direction::Outbound { us } else { peer };
-    let keep = initiator_of(existing_dir) < initiator_of(new_dir);
+    };
+    let existing_transient = cx.conns.get(existing_id).is_some_and(|c| c.transient);
+    let keep = if existing_transient != new_transient {
+        new_transient
+    } else if existing_dir == new_dir {
+        true
+    } else {
+        let us = cx.node_id;
+        let initiator_of = |dir: Direction| if dir == Direction::Outbound { us } else { peer };
+        initiator_of(existing_dir) < initiator_of(new_dir)
+    };
     if !keep {
         cx.close(existing_id, CloseReason::Duplicate);
     }
@@ -335,6 +377,7 @@ fn establish(cx: &mut Cx<'_>, conn_id: ConnId, hello: &Hello) -> Option<Link> {
         addr: conn.addr,
         direction: conn.direction,
         bootstrap: conn.bootstrap,
+        transient: conn.transient,
     };
     let established = Established { node_id: hello.node_id, public_key: hello.public_key, listen_addr, since: now };
     cx.conns.establish(conn_id, established);

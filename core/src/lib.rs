@@ -10,6 +10,7 @@ pub mod config;
 pub mod conns;
 pub mod content;
 pub mod context;
+pub mod dht;
 pub mod discovery;
 pub mod event;
 pub mod handshake;

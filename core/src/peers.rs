@@ -20,6 +20,23 @@ pub const UNVERIFIED_FAILURES_MAX: u32 = 3;
 /// Longest pause between two dials of one peer.
 pub const REDIAL_BACKOFF_MS_MAX: u64 = 120_000;
 
+/// How we first heard of a peer (`mynet peers`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Found {
+    /// A bootstrap node from the config.
+    Bootstrap,
+    /// Peer exchange (another peer's answer).
+    #[default]
+    Exchange,
+    /// A DHT lookup reached it.
+    Dht,
+    /// A LAN multicast announcement.
+    Lan,
+    /// It connected to us.
+    Inbound,
+}
+
 /// A peer we have heard of.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KnownPeer {
@@ -35,6 +52,9 @@ pub struct KnownPeer {
     pub last_seen: Mono,
     /// Dial failures since the last success.
     pub failures: u32,
+    /// How we first heard of it.
+    #[serde(default)]
+    pub found_by: Found,
     /// Earliest time to dial it again.
     pub next_dial: Mono,
     /// Position in the pool of every known id.
@@ -159,8 +179,13 @@ impl KnownPeers {
         self.peers.get(id)
     }
 
-    /// Records a peer heard of through discovery; returns whether it was new.
+    /// Records a peer heard of through peer exchange; returns whether it was new.
     pub fn learn(&mut self, record: &PeerRecord, now: Mono) -> bool {
+        self.learn_from(record, now, Found::Exchange)
+    }
+
+    /// Records a peer heard of through `found`; returns whether it was new.
+    pub fn learn_from(&mut self, record: &PeerRecord, now: Mono, found: Found) -> bool {
         if self.peers.contains_key(&record.node_id) {
             self.update(record.node_id, |known| {
                 known.last_seen = now;
@@ -174,18 +199,18 @@ impl KnownPeers {
         if self.peers.len() >= self.max && !self.evict_one() {
             return false;
         }
-        self.insert(record.node_id, record.public_key, record.address, false, now);
+        self.insert(record.node_id, record.public_key, record.address, false, now, found);
         true
     }
 
     /// Records a peer whose handshake we verified.
-    pub fn verified(&mut self, id: NodeId, public_key: PublicKey, addr: Option<SocketAddr>, now: Mono) {
+    pub fn verified(&mut self, id: NodeId, public_key: PublicKey, addr: Option<SocketAddr>, now: Mono, found: Found) {
         if !self.peers.contains_key(&id) {
             let Some(addr) = addr else { return };
             if self.peers.len() >= self.max && !self.evict_one() {
                 return;
             }
-            self.insert(id, public_key, addr, true, now);
+            self.insert(id, public_key, addr, true, now, found);
             return;
         }
         self.update(id, |entry| {
@@ -269,8 +294,9 @@ impl KnownPeers {
         Ok(())
     }
 
-    fn insert(&mut self, id: NodeId, public_key: PublicKey, addr: SocketAddr, verified: bool, now: Mono) {
+    fn insert(&mut self, id: NodeId, public_key: PublicKey, addr: SocketAddr, verified: bool, now: Mono, found: Found) {
         let mut peer = KnownPeer {
+            found_by: found,
             public_key,
             addr,
             verified,
@@ -428,7 +454,13 @@ mod tests {
     #[test]
     fn table_is_bounded_and_prefers_verified() {
         let mut table = KnownPeers::new(4);
-        table.verified(NodeId([0; 32]), PublicKey([0; 32]), Some(SocketAddr::from(([10, 0, 0, 0], 1))), Mono(0));
+        table.verified(
+            NodeId([0; 32]),
+            PublicKey([0; 32]),
+            Some(SocketAddr::from(([10, 0, 0, 0], 1))),
+            Mono(0),
+            Found::Exchange,
+        );
         for i in 1..20 {
             table.learn(&record(i), Mono(u64::from(i)));
         }
@@ -457,7 +489,7 @@ mod tests {
             };
             table.learn(&record, Mono(u64::from(i)));
             if i % 3 == 0 {
-                table.verified(id(i), PublicKey([1; 32]), None, Mono(u64::from(i)));
+                table.verified(id(i), PublicKey([1; 32]), None, Mono(u64::from(i)), Found::Exchange);
             }
             if i % 7 == 0 {
                 table.dial_failed(&id(i / 2), Mono(u64::from(i)));

@@ -26,6 +26,15 @@ pub enum Offender {
     Ip(IpAddr),
 }
 
+impl core::fmt::Display for Offender {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Offender::Node(id) => write!(f, "node {id}"),
+            Offender::Ip(ip) => write!(f, "ip {ip}"),
+        }
+    }
+}
+
 /// A misbehaviour score, decaying by one point a second.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Penalty {
@@ -35,6 +44,17 @@ pub struct Penalty {
     pub updated: Mono,
     /// Blacklisted until this instant, if banned.
     pub banned_until: Option<Mono>,
+}
+
+/// A blacklisted peer or address, as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Banned {
+    /// `node <id>` or `ip <address>`.
+    pub offender: String,
+    /// Its misbehaviour score when it was last penalised.
+    pub score: u32,
+    /// Seconds until the ban expires.
+    pub expires_in_s: u64,
 }
 
 /// Misbehaviour scores and the blacklist, bounded by [`OFFENDERS_MAX`].
@@ -75,6 +95,21 @@ impl Penalties {
     /// Whether `who` is blacklisted at `now`.
     pub fn is_banned(&self, who: &Offender, now: Mono) -> bool {
         self.scores.get(who).and_then(|p| p.banned_until).is_some_and(|until| now < until)
+    }
+
+    /// Who is blacklisted at `now`, with the seconds left, in offender order.
+    pub fn banned(&self, now: Mono) -> Vec<Banned> {
+        self.scores
+            .iter()
+            .filter_map(|(who, p)| {
+                let until = p.banned_until.filter(|u| now < *u)?;
+                Some(Banned {
+                    offender: who.to_string(),
+                    score: p.score,
+                    expires_in_s: until.ms_since(now).div_ceil(1000),
+                })
+            })
+            .collect()
     }
 
     /// Offenders currently tracked.

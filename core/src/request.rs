@@ -38,6 +38,7 @@ pub enum Origin {
     Discovery,
     Content,
     Reconcile,
+    Dht,
 }
 
 /// A request we sent and have not settled.

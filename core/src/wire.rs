@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::content::proto as content;
+use crate::dht;
 use crate::discovery;
 use crate::handshake::{self, Hello};
 use crate::reconcile;
@@ -18,7 +19,7 @@ use crate::request::RequestId;
 pub use crate::discovery::{EXCLUDE_MAX, NetworkInfo, NetworkStats, PEERS_PER_ANSWER_MAX, PeerRecord};
 
 /// The wire format version carried in every frame (2: requests carry ids; 3: content).
-pub const WIRE_VERSION: u8 = 5;
+pub const WIRE_VERSION: u8 = 6;
 /// Bytes of the length prefix.
 pub const FRAME_HEADER_LEN: usize = 4;
 /// Largest frame body (version byte + payload) we accept or send. The largest message today
@@ -59,6 +60,8 @@ pub enum Request {
     Content(content::Request),
     /// Reconciliation of the catalogue (SPEC R8).
     Reconcile(reconcile::proto::Request),
+    /// The DHT: nodes near an id, provider records (SPEC R5.2).
+    Dht(dht::proto::Request),
 }
 
 /// An answer, by protocol.
@@ -70,6 +73,8 @@ pub enum Response {
     Content(content::Response),
     /// Reconciliation.
     Reconcile(reconcile::proto::Response),
+    /// The DHT.
+    Dht(dht::proto::Response),
 }
 
 /// Every kind of message, flat: what the request layer expects, what logs and filters name.
@@ -105,6 +110,12 @@ pub enum Kind {
     Offer,
     Taken,
     Refused,
+    FindNode,
+    Nodes,
+    GetProviders,
+    Providers,
+    AddProviders,
+    Added,
 }
 
 impl Kind {
@@ -141,6 +152,12 @@ impl Kind {
             Kind::Offer => "offer",
             Kind::Taken => "taken",
             Kind::Refused => "refused",
+            Kind::FindNode => "find_node",
+            Kind::Nodes => "nodes",
+            Kind::GetProviders => "get_providers",
+            Kind::Providers => "providers",
+            Kind::AddProviders => "add_providers",
+            Kind::Added => "added",
         }
     }
 }
@@ -157,11 +174,12 @@ pub enum Protocol {
     Discovery,
     Content,
     Reconcile,
+    Dht,
 }
 
 impl Protocol {
     /// How many protocols there are (the request layer keeps one rate window per protocol).
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 4;
 
     /// Dense index in `0..COUNT`.
     pub fn index(self) -> usize {
@@ -169,6 +187,7 @@ impl Protocol {
             Protocol::Discovery => 0,
             Protocol::Content => 1,
             Protocol::Reconcile => 2,
+            Protocol::Dht => 3,
         }
     }
 
@@ -178,6 +197,7 @@ impl Protocol {
             Protocol::Discovery => discovery::RATE_LIMIT,
             Protocol::Content => content::RATE_LIMIT,
             Protocol::Reconcile => reconcile::proto::RATE_LIMIT,
+            Protocol::Dht => dht::proto::RATE_LIMIT,
         }
     }
 
@@ -187,6 +207,7 @@ impl Protocol {
             Protocol::Discovery => discovery::IN_FLIGHT_MAX,
             Protocol::Content => content::IN_FLIGHT_MAX,
             Protocol::Reconcile => reconcile::proto::IN_FLIGHT_MAX,
+            Protocol::Dht => dht::proto::IN_FLIGHT_MAX,
         }
     }
 }
@@ -222,6 +243,8 @@ impl Message {
             Message::Response { body: Response::Content(r), .. } => r.check_bounds(),
             Message::Request { body: Request::Reconcile(r), .. } => r.check_bounds(),
             Message::Response { body: Response::Reconcile(r), .. } => r.check_bounds(),
+            Message::Request { body: Request::Dht(r), .. } => r.check_bounds(),
+            Message::Response { body: Response::Dht(r), .. } => r.check_bounds(),
             Message::Piece { header, .. } => header.piece_len().map(|_| ()),
             Message::Cancel { .. } => Ok(()),
         }
@@ -235,6 +258,7 @@ impl Request {
             Request::Discovery(r) => r.kind(),
             Request::Content(r) => r.kind(),
             Request::Reconcile(r) => r.kind(),
+            Request::Dht(r) => r.kind(),
         }
     }
 
@@ -244,6 +268,7 @@ impl Request {
             Request::Discovery(r) => r.expects(),
             Request::Content(r) => r.expects(),
             Request::Reconcile(r) => r.expects(),
+            Request::Dht(r) => r.expects(),
         }
     }
 
@@ -253,6 +278,7 @@ impl Request {
             Request::Discovery(_) => Protocol::Discovery,
             Request::Content(_) => Protocol::Content,
             Request::Reconcile(_) => Protocol::Reconcile,
+            Request::Dht(_) => Protocol::Dht,
         }
     }
 }
@@ -264,6 +290,7 @@ impl Response {
             Response::Discovery(r) => r.kind(),
             Response::Content(r) => r.kind(),
             Response::Reconcile(r) => r.kind(),
+            Response::Dht(r) => r.kind(),
         }
     }
 }

@@ -186,6 +186,14 @@ struct SimArgs {
     /// reconciliation of a large catalogue that does not change.
     #[arg(long, default_value_t = 0, value_name = "N")]
     catalogue: usize,
+    /// N DHT lookups of random running nodes from random running nodes once the network
+    /// settled (60% to 85% of the run); the summary's `dht` gives hops and times.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    lookups: usize,
+    /// PCT percent of the nodes vanish silently at half time, before the lookups (no reset,
+    /// no refusal: packets to them go nowhere).
+    #[arg(long, default_value_t = 0, value_name = "PCT")]
+    dead: u32,
 }
 
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
@@ -302,18 +310,31 @@ fn config_show(dir: &DataDir) -> Result<()> {
 
 fn print_peers(status: &serde_json::Value) {
     let peers = status["peers"].as_array().cloned().unwrap_or_default();
-    println!("{:<64}  {:<21}  {:<9}  {:>6}", "NODE ID", "ADDRESS", "DIRECTION", "UP(s)");
+    println!("{:<64}  {:<21}  {:<9}  {:>6}  {:<9}", "NODE ID", "ADDRESS", "DIRECTION", "UP(s)", "FOUND BY");
     for peer in &peers {
         let bootstrap = if peer["bootstrap"].as_bool() == Some(true) { " (bootstrap)" } else { "" };
         println!(
-            "{:<64}  {:<21}  {:<9}  {:>6}{bootstrap}",
+            "{:<64}  {:<21}  {:<9}  {:>6}  {:<9}{bootstrap}",
             peer["node_id"].as_str().unwrap_or("?"),
             peer["address"].as_str().unwrap_or("?"),
             peer["direction"].as_str().unwrap_or("?"),
-            peer["connected_s"].as_u64().unwrap_or(0)
+            peer["connected_s"].as_u64().unwrap_or(0),
+            peer["found_by"].as_str().unwrap_or("-")
         );
     }
     println!("{} peers", peers.len());
+    let banned = status["blacklist"].as_array().cloned().unwrap_or_default();
+    if !banned.is_empty() {
+        println!("\nBLACKLIST ({})", banned.len());
+        for b in &banned {
+            println!(
+                "  {}  score {}  expires in {} s",
+                b["offender"].as_str().unwrap_or("?"),
+                b["score"].as_u64().unwrap_or(0),
+                b["expires_in_s"].as_u64().unwrap_or(0)
+            );
+        }
+    }
 }
 
 fn sim(args: SimArgs) -> Result<()> {
@@ -328,6 +349,14 @@ fn sim(args: SimArgs) -> Result<()> {
     config.updates = args.updates;
     config.publishers = args.publishers;
     config.catalogue = args.catalogue;
+    if args.dead > 90 {
+        bail!("--dead {} is more than 90 percent of the nodes", args.dead);
+    }
+    if args.dead > 0 && (args.content > 0 || args.catalogue > 0 || args.updates > 0) {
+        bail!("--dead measures lookups; it cannot be combined with --content, --catalogue or --updates");
+    }
+    config.lookups = args.lookups;
+    config.dead_pct = args.dead;
     let Some(mut config) = config.with_faults(&args.faults) else {
         bail!("unknown fault profile {:?}; choose one of {}", args.faults, mynet_sim::faults::PROFILE_NAMES.join(", "));
     };

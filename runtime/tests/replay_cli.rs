@@ -121,18 +121,27 @@ fn events_can_be_filtered_by_peer() {
     }
 
     // By address: the bootstrap node's address, and the connections dialled to it.
-    let by_addr = blocks(&replay_ok(&dir, &["--events", "--peer", "10.0.0.1:"]));
+    let by_addr = blocks(&replay_ok(&dir, &["--events", "--peer", "10.1.0.1:"]));
     let dialled: Vec<String> = all
         .iter()
         .flat_map(|b| b.lines())
         .filter_map(|l| l.trim().strip_prefix("dial "))
-        .filter(|rest| rest.contains("10.0.0.1:"))
+        .filter(|rest| rest.contains("10.1.0.1:"))
         .filter_map(|rest| rest.split(' ').next().map(str::to_string))
         .collect();
+    // Connections from it too (a dial-back of the DHT's address check): `incoming in#N from ADDR`.
+    let incoming: Vec<String> = all
+        .iter()
+        .flat_map(|b| b.lines())
+        .filter_map(|l| l.split(" incoming ").nth(1))
+        .filter(|rest| rest.contains("10.1.0.1:"))
+        .filter_map(|rest| rest.split(' ').next().map(str::to_string))
+        .collect();
+    let dialled: Vec<String> = dialled.into_iter().chain(incoming).collect();
     assert!(!dialled.is_empty() && !by_addr.is_empty());
     for block in &by_addr {
         assert!(
-            block.contains("10.0.0.1:") || dialled.iter().any(|c| mentions_conn(block, c)),
+            block.contains("10.1.0.1:") || dialled.iter().any(|c| mentions_conn(block, c)),
             "shown without mentioning the address or a connection to it: {block}"
         );
     }

@@ -22,6 +22,8 @@ pub enum Violation {
     UnverifiedPiece(String),
     /// Key bytes in a frame or a log record (keys stay in the registry).
     KeyMaterial(String),
+    /// A routing table holds an unverified identity or an address that is not the node's.
+    RoutingTable(String),
 }
 
 impl fmt::Display for Violation {
@@ -36,6 +38,7 @@ impl fmt::Display for Violation {
             Violation::LogDisagrees(e) => write!(f, "restarted node disagrees with its durable log: {e}"),
             Violation::UnverifiedPiece(e) => write!(f, "unverified or non-durable piece: {e}"),
             Violation::KeyMaterial(e) => write!(f, "key bytes found in {e}"),
+            Violation::RoutingTable(e) => write!(f, "routing table: {e}"),
         }
     }
 }
@@ -78,6 +81,11 @@ pub enum LivenessFailure {
         node: usize,
         detail: String,
     },
+    /// A lookup from `node` did not find a running honest node (no node was dead).
+    LookupFailed {
+        node: usize,
+        target: String,
+    },
 }
 
 impl fmt::Display for LivenessFailure {
@@ -94,6 +102,7 @@ impl fmt::Display for LivenessFailure {
             }
             LivenessFailure::MetadataDiverged { node, detail } => write!(f, "node {node}: metadata diverged: {detail}"),
             LivenessFailure::GroupsDiffer { node, detail } => write!(f, "node {node}: groups differ: {detail}"),
+            LivenessFailure::LookupFailed { node, target } => write!(f, "node {node}: lookup of {target} failed"),
         }
     }
 }

@@ -52,6 +52,8 @@ pub fn jitter_us(rng: &mut ChaCha8Rng) -> u64 {
 
 /// The listen address of node `index`: 10.a.b.c, distinct for up to 2^24 - 2 nodes.
 pub fn node_addr(index: usize) -> SocketAddr {
+    // Consecutive nodes in different /24 networks (the DHT caps entries per /24), and never
+    // 10.255.0.0/16, where the misbehaving peers live.
     let n = index as u32 + 1;
-    SocketAddr::from(([10, (n >> 16) as u8, (n >> 8) as u8, n as u8], LISTEN_PORT))
+    SocketAddr::from(([10, (n % 250) as u8, (n / 250 % 256) as u8, (1 + n / 64_000) as u8], LISTEN_PORT))
 }

@@ -246,7 +246,12 @@ impl Content {
             }
 
             if t.sources.is_empty() {
-                // Nobody told us they hold it (an operator's `get`): ask every peer for its head.
+                // Nobody told us they hold it (an operator's `get`): ask every peer for its
+                // head, and for an operator's item the DHT too (`find_peers_with_content`);
+                // replication waits for a stall first (holders usually announce meanwhile).
+                if wanted {
+                    cx.defer(crate::context::Deferred::FindProviders(id.0));
+                }
                 for conn in self.peers.keys() {
                     t.sources.insert(*conn, Source::new(Avail::Unknown));
                 }
@@ -259,6 +264,18 @@ impl Content {
             self.refresh_sources(id);
             let sources = self.active.get(&id).map_or(0, |t| t.sources.len() as u32);
             cx.event(Event::TransferStarted { id, sources });
+            self.pump(cx, id);
+        }
+        self.arm(cx);
+    }
+
+    /// A provider record named the peer on `conn` as a holder of `id` (the DHT connected us).
+    pub fn holder(&mut self, cx: &mut Cx<'_>, conn: ConnId, id: ContentId) {
+        if !self.peers.contains_key(&conn) || self.holds(&id) {
+            return;
+        }
+        if let Some(t) = self.active.get_mut(&id) {
+            t.sources.entry(conn).or_insert(Source::new(Avail::Unknown));
             self.pump(cx, id);
         }
         self.arm(cx);
@@ -401,6 +418,7 @@ impl Content {
         let Some(t) = self.active.remove(&id) else { return };
         self.cancel_all(cx, &t);
         self.stats.synced_content += 1;
+        cx.defer(crate::context::Deferred::Provide(id.0));
         cx.event(Event::ItemComplete {
             id,
             size,

@@ -443,6 +443,10 @@ impl Content {
                     continue;
                 }
                 if idle >= STALL_MS {
+                    if self.remote.get(&id).is_none_or(|r| r.holders.is_empty()) {
+                        // No connected peer is known to hold it: ask the DHT who does.
+                        cx.defer(crate::context::Deferred::FindProviders(id.0));
+                    }
                     self.refresh_sources(id);
                     self.widen_sources(id);
                 }
@@ -608,6 +612,7 @@ impl Content {
         if let Some(t) = self.active.remove(&id) {
             self.cancel_all(cx, &t);
         }
+        cx.defer(crate::context::Deferred::Provide(id.0));
         cx.event(Event::ItemAdded { id, size });
         self.announce(cx, Listed { id, size, complete: true });
         self.start_transfers(cx);

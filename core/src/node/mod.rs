@@ -60,10 +60,11 @@ struct State {
     content: Content,
     reconcile: Reconcile,
     states: crate::states::States,
+    dht: crate::dht::Dht,
 }
 
 /// Format byte of node snapshots.
-pub const SNAPSHOT_FORMAT: u8 = 6;
+pub const SNAPSHOT_FORMAT: u8 = 7;
 
 /// Encoded outputs are hashed in blocks of this size (BLAKE3 is several times faster on long
 /// inputs than on many short ones).
@@ -125,6 +126,7 @@ macro_rules! cx {
         Cx {
             now: $node.state.now,
             node_id: $node.state.node_id,
+            public_key: $node.identity.public_key(),
             config: &$node.state.config,
             phase: $node.state.phase,
             started: $node.state.started,
@@ -138,7 +140,8 @@ macro_rules! cx {
     };
 }
 
-// After `cx!`, which it uses.
+// After `cx!`, which they use.
+mod route;
 mod states;
 
 impl Node {
@@ -160,6 +163,7 @@ impl Node {
             content: Content::default(),
             reconcile: Reconcile::default(),
             states: crate::states::States::default(),
+            dht: crate::dht::Dht::new(identity.node_id()),
         };
         let mut node = Node {
             identity,
@@ -200,9 +204,12 @@ impl Node {
         self.state.phase
     }
 
-    /// Established peers' ids, in id order.
+    /// Established peers' ids, in id order (transient DHT contacts are not peers).
     pub fn peer_ids(&self) -> Vec<NodeId> {
-        self.state.conns.peer_ids()
+        let mut ids: Vec<NodeId> =
+            self.state.conns.established().filter(|(_, c, _)| !c.transient).map(|(_, _, e)| e.node_id).collect();
+        ids.sort();
+        ids
     }
 
     /// How many peers the node knows of (its discovery table).
@@ -218,6 +225,11 @@ impl Node {
     /// The reconciliation module (catalogue of signed metadata), read-only.
     pub fn reconcile(&self) -> &Reconcile {
         &self.state.reconcile
+    }
+
+    /// The DHT module (routing table, provider records), read-only.
+    pub fn dht(&self) -> &crate::dht::Dht {
+        &self.state.dht
     }
 
     /// Every item, for `mynet ls`.
@@ -261,6 +273,7 @@ impl Node {
     pub fn check_tables(&self) -> Result<(), String> {
         self.state.discovery.known().check()?;
         self.state.content.check()?;
+        self.state.dht.check()?;
         self.state.requests.check()
     }
 
@@ -270,12 +283,14 @@ impl Node {
             .state
             .conns
             .established()
+            .filter(|(_, c, _)| !c.transient)
             .map(|(_, c, e)| PeerStatus {
                 node_id: e.node_id,
                 address: e.listen_addr.unwrap_or(c.addr),
                 direction: c.direction,
                 connected_s: now.mono.ms_since(e.since) / 1000,
                 bootstrap: c.bootstrap,
+                found_by: self.state.discovery.known().get(&e.node_id).map(|k| k.found_by),
             })
             .collect();
         peers.sort_by_key(|p| p.node_id);
@@ -286,7 +301,8 @@ impl Node {
             phase: self.state.phase,
             uptime_s: now.mono.ms_since(self.state.started.mono) / 1000,
             peer_count: peers.len() as u32,
-            connections_handshaking: (self.state.conns.len() - peers.len()) as u32,
+            connections_handshaking: self.state.conns.iter().filter(|(_, c)| c.established().is_none()).count() as u32,
+            blacklist: self.state.penalties.banned(now.mono),
             peers,
             known_peers: self.state.discovery.known().len() as u32,
             counters: self.state.counters.clone(),
@@ -295,6 +311,7 @@ impl Node {
             sync,
             reconcile: self.state.reconcile.status(),
             states: self.state.states.status(self.state.reconcile.catalogue(), now.wall_ms),
+            dht: self.state.dht.status(),
         }
     }
 
@@ -404,8 +421,12 @@ impl Node {
             Input::KeyEdit(edit) => self.state.reconcile.key_edit(&mut cx!(self), &self.identity, edit),
             Input::RelationChecked { parent, child, ok } => self.relation_checked(parent, child, ok),
             Input::Want { id } => self.state.content.want(&mut cx!(self), id),
-            Input::Remove { id } => self.state.content.remove(&mut cx!(self), id),
+            Input::Remove { id } => {
+                self.state.dht.unprovide(&id.0);
+                self.state.content.remove(&mut cx!(self), id)
+            }
             Input::Damaged { piece } => self.state.content.damaged(&mut cx!(self), piece),
+            Input::Lookup { target } => self.state.dht.find_node(&mut cx!(self), target),
         }
         self.run_deferred();
     }
@@ -443,6 +464,7 @@ impl Node {
             s.discovery.poll_timeout().map(|at| (at, TimerKind::Discovery)),
             s.content.poll_timeout().map(|at| (at, TimerKind::Content)),
             s.reconcile.poll_timeout().map(|at| (at, TimerKind::Reconcile)),
+            s.dht.poll_timeout().map(|at| (at, TimerKind::Dht)),
         ]
         .into_iter()
         .flatten()
@@ -499,6 +521,8 @@ impl Node {
         self.state.content.handle_timeout(&mut cx!(self));
         self.run_deferred();
         self.state.reconcile.handle_timeout(&mut cx!(self));
+        self.run_deferred();
+        self.state.dht.handle_timeout(&mut cx!(self));
     }
 
     fn handle_piece(&mut self, conn: ConnId, request: RequestId, header: PieceHeader, hash: [u8; 32], data: PieceData) {
@@ -537,6 +561,7 @@ impl Node {
         self.state.discovery.on_restart(&cx!(self));
         self.state.content.on_restart();
         self.state.reconcile.on_restart();
+        self.state.dht.on_restart();
         let now = self.state.now;
         self.start(now);
     }
@@ -549,114 +574,7 @@ impl Node {
         self.state.discovery.on_shutdown();
         self.state.content.on_shutdown();
         self.state.reconcile.on_shutdown();
-    }
-
-    // ---- routing ----
-
-    fn handle_message(&mut self, conn_id: ConnId, message: Message) {
-        let Some(conn) = self.state.conns.get(conn_id) else { return };
-        let Some(peer) = conn.established().map(|e| e.node_id) else {
-            let link = handshake::handle_message(&mut cx!(self), &self.identity, conn_id, message);
-            self.run_deferred();
-            if let Some(link) = link.filter(|l| self.state.conns.contains(l.conn)) {
-                self.on_established(&link);
-            }
-            return;
-        };
-        match message {
-            Message::Hello(_) | Message::HelloAck(_) => {
-                self.misbehaved(conn_id, CloseReason::Protocol(Violation::SecondHandshake));
-            }
-            Message::Request { id, body } => {
-                if !self.state.requests.admit(self.state.now.mono, conn_id, body.protocol()) {
-                    let violation = Violation::RequestFlood { kind: body.kind() };
-                    return self.misbehaved(conn_id, CloseReason::Protocol(violation));
-                }
-                // One line per protocol.
-                match body {
-                    Request::Discovery(r) => {
-                        let content = &self.state.content;
-                        self.state.discovery.handle_request(&mut cx!(self), conn_id, peer, id, r, || content.popular())
-                    }
-                    Request::Content(r) => self.state.content.handle_request(&mut cx!(self), conn_id, id, r),
-                    Request::Reconcile(r) => self.state.reconcile.handle_request(&mut cx!(self), conn_id, id, r),
-                }
-            }
-            Message::Response { id, body } => {
-                let kind = body.kind();
-                self.state.requests.heard(conn_id, self.state.now.mono);
-                match self.state.requests.answer(conn_id, id, kind) {
-                    Answer::Expected(pending) => self.route_response(conn_id, peer, &pending, body),
-                    Answer::Late(_) | Answer::Cancelled => {
-                        cx!(self).event(Event::LateAnswer { conn: conn_id, id, kind })
-                    }
-                    Answer::UnknownId => {
-                        self.misbehaved(conn_id, CloseReason::Protocol(Violation::UnknownRequestId { id, kind }))
-                    }
-                    Answer::WrongKind { expected } => {
-                        let violation = Violation::WrongAnswerKind { id, expected, got: kind };
-                        self.misbehaved(conn_id, CloseReason::Protocol(violation))
-                    }
-                }
-            }
-            Message::Cancel { id } => {
-                // Cancels count against the content protocol's rate, like the requests they name.
-                if !self.state.requests.admit(self.state.now.mono, conn_id, crate::wire::Protocol::Content) {
-                    let violation = Violation::RequestFlood { kind: crate::wire::Kind::Cancel };
-                    return self.misbehaved(conn_id, CloseReason::Protocol(violation));
-                }
-                cx!(self).output(Output::CancelServe { conn: conn_id, request: id });
-            }
-            // Pieces are split out of the stream by the driver (`content::stream`); one inside
-            // the frame stream means the peer's framing is broken.
-            Message::Piece { .. } => {
-                let err = crate::wire::WireError::Undecodable("piece header inside the frame stream".into());
-                self.misbehaved(conn_id, CloseReason::Wire(err))
-            }
-        }
-    }
-
-    /// An answer goes to the module that asked (its kind already matched the request's).
-    fn route_response(&mut self, conn: ConnId, peer: NodeId, pending: &Pending, body: Response) {
-        match (pending.origin, body) {
-            (Origin::Discovery, Response::Discovery(r)) => {
-                self.state.discovery.handle_response(&mut cx!(self), conn, peer, r)
-            }
-            (Origin::Content, Response::Content(r)) => {
-                self.state.content.handle_response(&mut cx!(self), conn, pending, r)
-            }
-            (Origin::Reconcile, Response::Reconcile(r)) => {
-                self.state.reconcile.handle_response(&mut cx!(self), conn, pending, r)
-            }
-            // Kinds were matched against the request, so the protocol matches too.
-            _ => {}
-        }
-    }
-
-    fn route_failure(&mut self, conn: ConnId, pending: &Pending) {
-        match pending.origin {
-            Origin::Discovery => self.state.discovery.on_request_failed(&mut cx!(self), conn, pending),
-            Origin::Content => self.state.content.on_request_failed(&mut cx!(self), conn, pending),
-            Origin::Reconcile => self.state.reconcile.on_request_failed(&mut cx!(self), conn, pending),
-        }
-    }
-
-    /// Discovery hears first: it sends its requests on the new link, so when bootstrap then
-    /// concludes its phase, the discovery phase knows which answers to wait for.
-    fn on_established(&mut self, link: &Link) {
-        self.state.discovery.on_established(&mut cx!(self), link);
-        self.run_deferred();
-        if self.state.conns.contains(link.conn) {
-            self.state.content.on_established(&mut cx!(self), link);
-            self.run_deferred();
-        }
-        if self.state.conns.contains(link.conn) {
-            self.state.reconcile.on_established(&mut cx!(self), link);
-            self.run_deferred();
-        }
-        if self.state.conns.contains(link.conn) {
-            self.state.bootstrap.on_established(&mut cx!(self), link);
-        }
+        self.state.dht.on_shutdown();
     }
 
     // ---- start-up ----
@@ -673,6 +591,8 @@ impl Node {
             Startup::BootstrapDone if self.state.phase == Phase::Bootstrap => {
                 self.set_phase(Phase::PeerDiscovery);
                 self.state.discovery.enter_startup_phase(&mut cx!(self));
+                self.run_deferred();
+                self.state.dht.start(&mut cx!(self));
             }
             Startup::DiscoveryDone if self.state.phase == Phase::PeerDiscovery => {
                 self.set_phase(Phase::InitialSync);
@@ -701,99 +621,5 @@ impl Node {
     fn set_phase(&mut self, phase: Phase) {
         self.state.phase = phase;
         cx!(self).event(Event::PhaseEntered { phase });
-    }
-
-    // ---- deferred effects ----
-
-    /// Applies what modules deferred, in order, until nothing is left. Every close removes a
-    /// connection, so this ends.
-    fn run_deferred(&mut self) {
-        while let Some(effect) = self.out.deferred.pop_front() {
-            match effect {
-                Deferred::Close(conn, reason) => self.close(conn, reason),
-                Deferred::Misbehaved(conn, reason) => self.misbehaved(conn, reason),
-                Deferred::Penalise(offender, points) => self.penalise(offender, points),
-                Deferred::Startup(step) => self.startup_step(step),
-                Deferred::Popular(ids) => self.state.content.queue_popular(&mut cx!(self), &ids),
-                Deferred::Catalogued(items) => self.state.content.catalogued(&mut cx!(self), &items),
-                Deferred::CatalogueSettled => {
-                    self.state.content.catalogue_settled();
-                    self.state.content.check_initial(&mut cx!(self));
-                }
-            }
-        }
-    }
-
-    /// Closes `conn` because the peer misbehaved, and penalises whoever it proved to be.
-    fn misbehaved(&mut self, conn_id: ConnId, reason: CloseReason) {
-        let Some(conn) = self.state.conns.get(conn_id) else { return };
-        let (offender, points) = match conn.established() {
-            Some(e) => (Offender::Node(e.node_id), POINTS_VIOLATION),
-            None => (Offender::Ip(conn.addr.ip()), POINTS_HANDSHAKE),
-        };
-        self.close(conn_id, reason);
-        self.penalise(offender, points);
-    }
-
-    fn penalise(&mut self, offender: Offender, points: u32) {
-        let now = self.state.now.mono;
-        let (score, banned) = self.state.penalties.add(offender, points, now, self.state.config.ban_duration_ms);
-        cx!(self).event(Event::Penalised { offender, points, score, banned });
-        if !banned {
-            return;
-        }
-        let victims: Vec<ConnId> = self
-            .state
-            .conns
-            .iter()
-            .filter(|(_, c)| match offender {
-                Offender::Node(id) => c.established().is_some_and(|e| e.node_id == id),
-                Offender::Ip(ip) => c.addr.ip() == ip && c.established().is_none(),
-            })
-            .map(|(id, _)| id)
-            .collect();
-        for id in victims {
-            self.close(id, CloseReason::Banned);
-        }
-    }
-
-    fn close(&mut self, conn: ConnId, reason: CloseReason) {
-        if self.state.conns.contains(conn) {
-            self.out.outputs.push_back(Output::Close { conn });
-            self.remove_conn(conn, reason, true);
-        }
-    }
-
-    /// Forgets a connection and tells every module, in a fixed order.
-    fn remove_conn(&mut self, conn_id: ConnId, reason: CloseReason, by_us: bool) {
-        let Some(conn) = self.state.conns.remove(conn_id) else { return };
-        self.state.requests.close(conn_id);
-        let closed = Closed {
-            conn: conn_id,
-            addr: conn.addr,
-            peer: conn.peer_hint(),
-            expect: conn.expect,
-            established: conn.established().is_some(),
-            bootstrap: conn.bootstrap,
-            reason,
-        };
-        let event = Event::ConnectionClosed {
-            conn: conn_id,
-            addr: closed.addr,
-            peer: closed.peer,
-            reason: closed.reason.clone(),
-            by_us,
-        };
-        cx!(self).event(event);
-        // When the process itself ends (restart, shutdown) a closed connection is not news.
-        if closed.reason.process_ending() {
-            return;
-        }
-        self.state.bootstrap.on_closed(&mut cx!(self), &closed);
-        self.state.discovery.on_closed(&mut cx!(self), &closed);
-        self.run_deferred();
-        self.state.content.on_closed(&mut cx!(self), &closed);
-        self.run_deferred();
-        self.state.reconcile.on_closed(&mut cx!(self), &closed);
     }
 }

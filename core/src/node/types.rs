@@ -51,6 +51,8 @@ pub enum Input {
     KeyEdit(crate::states::KeyEdit),
     /// The runtime decrypted `parent` (key from the registry) and compared it with `child`.
     RelationChecked { parent: ContentId, child: ContentId, ok: bool },
+    /// Look `target` up in the DHT (`Event::LookupDone` tells how it went).
+    Lookup { target: NodeId },
 }
 
 impl Input {
@@ -75,6 +77,7 @@ impl Input {
             Input::Edit(_) => "edit",
             Input::KeyEdit(_) => "key_edit",
             Input::RelationChecked { .. } => "relation_checked",
+            Input::Lookup { .. } => "lookup",
         }
     }
 }
@@ -88,6 +91,7 @@ pub enum TimerKind {
     Discovery,
     Content,
     Reconcile,
+    Dht,
 }
 
 /// A connection that just ended, as every module hears of it.
@@ -132,6 +136,9 @@ pub struct PeerStatus {
     pub direction: Direction,
     pub connected_s: u64,
     pub bootstrap: bool,
+    /// How we first heard of it (bootstrap, exchange, dht, lan, inbound).
+    #[serde(default)]
+    pub found_by: Option<crate::peers::Found>,
 }
 
 /// A snapshot for `mynet status` (SPEC R10.1, first part).
@@ -145,6 +152,9 @@ pub struct NodeStatus {
     pub peers: Vec<PeerStatus>,
     pub known_peers: u32,
     pub connections_handshaking: u32,
+    /// Blacklisted peers and addresses, with the time left.
+    #[serde(default)]
+    pub blacklist: Vec<crate::penalties::Banned>,
     pub counters: Counters,
     pub requests: RequestCounters,
     pub content: ContentStatus,
@@ -152,4 +162,7 @@ pub struct NodeStatus {
     pub reconcile: crate::reconcile::ReconcileStatus,
     /// Items by state and by integrity flag (SPEC R9).
     pub states: crate::states::StatesStatus,
+    /// The DHT: routing table, lookups, provider records.
+    #[serde(default)]
+    pub dht: crate::dht::DhtStatus,
 }

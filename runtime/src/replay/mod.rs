@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
+use mynet_core::dht::proto as dht;
 use mynet_core::discovery;
+use mynet_core::hex;
 use mynet_core::penalties::Offender;
 use mynet_core::reconcile::proto as reconcile;
 use mynet_core::wire::{FrameBuffer, Message, PeerRecord, Request, Response, WireError, decode_body};
@@ -335,6 +337,10 @@ impl Describer {
             Input::Want { id } | Input::Remove { id } => id.to_string(),
             Input::Describe { id, tags, .. } => format!("{id} tags {}", tags.join(",")),
             Input::Damaged { piece } => format!("piece {} of {}", piece.index, piece.id),
+            Input::Lookup { target } => {
+                mentions.ids.push(*target);
+                format!("lookup of {}", target.short())
+            }
             Input::Edit(edit) => {
                 let key = edit.key_id.as_deref().map_or(String::new(), |k| format!(" key {k}"));
                 let group = edit.group.map_or(String::new(), |g| {
@@ -515,6 +521,21 @@ fn describe_message(message: &Message, mentions: &mut Mentions) -> String {
         },
         Message::Request { id, body: Request::Reconcile(request) } => describe_reconcile_request(*id, request),
         Message::Response { id, body: Response::Reconcile(response) } => describe_reconcile_response(*id, response),
+        Message::Request { id, body: Request::Dht(request) } => match request {
+            dht::Request::FindNode { target } => format!("find_node {id}: {}", target.short()),
+            dht::Request::GetProviders { key } => format!("get_providers {id}: {}", hex::encode(&key[..4])),
+            dht::Request::AddProviders { keys } => format!("add_providers {id}: {} items", keys.len()),
+        },
+        Message::Response { id, body: Response::Dht(response) } => match response {
+            dht::Response::Nodes(nodes) => format!("nodes {id}: {}", list_peers(nodes, mentions)),
+            dht::Response::Providers { providers, closer } => format!(
+                "providers {id}: {} providers ({}), {} closer",
+                providers.len(),
+                list_peers(providers, mentions),
+                closer.len()
+            ),
+            dht::Response::Added { stored } => format!("added {id}: {stored} stored"),
+        },
         Message::Piece { id, header } => format!("piece {id}: {} of {}", header.index, header.id),
         Message::Cancel { id } => format!("cancel {id}"),
     }

@@ -5,6 +5,7 @@
 //! and the misbehaving peers; `report.rs` liveness, observation and the summary.
 
 mod content;
+mod dht;
 mod network;
 mod nodes;
 mod reconcile;
@@ -83,6 +84,10 @@ pub struct SimConfig {
     /// Metadata-only items node 0 publishes at 1 s (`--catalogue N`); nodes then replicate
     /// `none`, so the run measures reconciliation of a large, unchanging catalogue.
     pub catalogue: usize,
+    /// Random node lookups once the network settled (`--lookups N`).
+    pub lookups: usize,
+    /// Percent of honest nodes that vanish silently before the lookups (`--dead PCT`).
+    pub dead_pct: u32,
 }
 
 impl SimConfig {
@@ -103,6 +108,8 @@ impl SimConfig {
             updates: 0,
             publishers: 0,
             catalogue: 0,
+            lookups: 0,
+            dead_pct: 0,
         }
     }
 
@@ -115,7 +122,14 @@ impl SimConfig {
     /// The command line that reproduces this run.
     pub fn command(&self) -> String {
         let mut content = if self.content > 0 { format!(" --content {}", self.content) } else { String::new() };
-        for (flag, n) in [("updates", self.updates), ("publishers", self.publishers), ("catalogue", self.catalogue)] {
+        let flags = [
+            ("updates", self.updates),
+            ("publishers", self.publishers),
+            ("catalogue", self.catalogue),
+            ("lookups", self.lookups),
+            ("dead", self.dead_pct as usize),
+        ];
+        for (flag, n) in flags {
             if n > 0 {
                 content.push_str(&format!(" --{flag} {n}"));
             }
@@ -198,6 +212,8 @@ pub struct Summary {
     pub groups: states::GroupsSummary,
     /// Reconciliation of the catalogue.
     pub reconcile: ReconcileSummary,
+    /// DHT lookups (`--lookups`, `--dead`) and routing tables.
+    pub dht: dht::DhtSummary,
 }
 
 #[derive(Clone, Debug)]
@@ -265,6 +281,10 @@ enum Ev {
         tag: u64,
     },
     Catalogue,
+    /// `--dead`: the chosen nodes vanish.
+    Vanish,
+    /// `--lookups`: the k-th lookup.
+    Lookup(usize),
 }
 
 impl Ev {
@@ -292,6 +312,8 @@ impl Ev {
             Ev::Group { group } => (19, *group, 0),
             Ev::DecryptCheck { node, .. } => (20, *node, 0),
             Ev::DecryptSweep => (21, 0, 0),
+            Ev::Vanish => (22, 0, 0),
+            Ev::Lookup(k) => (23, *k, 0),
         }
     }
 }
@@ -422,6 +444,7 @@ pub struct World {
     content: content::Workload,
     edits: reconcile::Edits,
     groups: states::Groups,
+    lookups: dht::Lookups,
 }
 
 impl World {
@@ -505,6 +528,7 @@ impl World {
             content: content::Workload::default(),
             edits: reconcile::Edits::default(),
             groups: states::Groups::default(),
+            lookups: dht::Lookups::default(),
         };
         world.schedule_faults();
         world
@@ -568,6 +592,7 @@ impl World {
         self.schedule_content();
         self.schedule_groups();
         self.schedule_reconcile();
+        self.schedule_lookups();
     }
 
     /// Runs until the configured duration, then checks liveness.
@@ -576,7 +601,8 @@ impl World {
         self.check_liveness()?;
         self.check_content()?;
         self.check_reconcile()?;
-        self.check_groups()
+        self.check_groups()?;
+        self.check_dht()
     }
 
     /// Processes every event up to simulated time `until_us`.
@@ -666,6 +692,11 @@ impl World {
                 self.decrypt_sweep();
                 Ok(())
             }
+            Ev::Vanish => {
+                self.vanish();
+                Ok(())
+            }
+            Ev::Lookup(_) => self.lookup(),
         }
     }
 

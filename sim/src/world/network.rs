@@ -25,6 +25,11 @@ impl World {
 
     pub(super) fn dial(&mut self, from: End, addr: SocketAddr) {
         let target = self.by_addr.get(&addr).copied();
+        if target.is_some_and(|t| self.vanished(t)) {
+            // Nobody answers the SYN: the dialler's own deadlines end it.
+            self.count("dial_vanished");
+            return;
+        }
         if target.is_some_and(|t| self.blocked(from.0, t) || self.blocked(t, from.0)) {
             // The SYN is lost in the partition; the dialler's handshake deadline ends it.
             self.count("dial_partitioned");
@@ -72,6 +77,11 @@ impl World {
 
     pub(super) fn send(&mut self, end: End, bytes: Vec<u8>) {
         let Some(peer) = self.links.get(&end).map(|l| l.peer) else { return };
+        if self.vanished(peer.0) {
+            // Nothing acknowledges: TCP gives up after its user timeout.
+            self.count("to_vanished");
+            return self.reset_link(end, self.now_us + USER_TIMEOUT_US, "connection timed out");
+        }
         self.messages += 1;
         self.bytes += bytes.len() as u64;
         let active = self.faults_active();

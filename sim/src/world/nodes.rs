@@ -111,6 +111,7 @@ impl World {
             Output::Event(Event::ItemComplete { id, .. } | Event::ItemAdded { id, .. }) => {
                 self.schedule_decrypt_checks(n, *id)
             }
+            Output::Event(event @ Event::LookupDone { .. }) => self.observe_lookup(n, event),
             _ => {}
         }
         let now = self.now_us;
@@ -243,6 +244,9 @@ impl World {
     }
 
     pub(super) fn restart(&mut self, n: usize) -> Result<(), SimError> {
+        if self.vanished(n) {
+            return Ok(());
+        }
         if self.honest(n).is_some_and(|h| h.journaled.is_some()) {
             self.stop_node(n, false);
         }

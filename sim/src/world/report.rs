@@ -22,7 +22,7 @@ impl World {
         for (n, peers) in graph.iter().enumerate().take(self.honest) {
             // A node that served bad content is banned by its peers (it may not even get
             // through bootstrap again): that is the defence working, not a liveness failure.
-            if self.honest(n).is_some_and(|h| h.content_fault.is_some()) {
+            if self.honest(n).is_some_and(|h| h.content_fault.is_some()) || self.vanished(n) {
                 continue;
             }
             let Some(node) = self.node(n) else {
@@ -49,7 +49,7 @@ impl World {
                 return fail(failure, Some(n));
             }
         }
-        let servers: Vec<usize> = (0..self.honest).filter(|n| self.replicates(*n)).collect();
+        let servers: Vec<usize> = (0..self.honest).filter(|n| self.replicates(*n) && !self.vanished(*n)).collect();
         let keep: BTreeMap<usize, usize> = servers.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let well_behaved: Vec<Vec<usize>> =
             servers.iter().map(|n| graph[*n].iter().filter_map(|p| keep.get(p).copied()).collect()).collect();
@@ -159,6 +159,7 @@ impl World {
             content: self.content_summary(),
             groups: self.groups_summary(),
             reconcile: self.reconcile_summary(),
+            dht: self.dht_summary(),
         }
     }
 }
@@ -202,7 +203,7 @@ impl std::fmt::Display for TraceEvent {
 }
 
 /// Names of the simulator's events, indexed by `Ev::tag`'s first element.
-pub(super) const EVENT_KINDS: [&str; 22] = [
+pub(super) const EVENT_KINDS: [&str; 24] = [
     "start",
     "timer",
     "connect",
@@ -225,6 +226,8 @@ pub(super) const EVENT_KINDS: [&str; 22] = [
     "group",
     "decrypt_check",
     "decrypt_sweep",
+    "vanish",
+    "lookup",
 ];
 
 /// The first event index at which two recorded traces differ.
