@@ -21,6 +21,8 @@ pub const NODE_CONFIG_FILE: &str = "node_config.json";
 pub const BOOTSTRAP_NODES_MAX: usize = 64;
 /// Most keys `publishers` may name.
 pub const PUBLISHERS_MAX: usize = 1024;
+/// Most interfaces named in `lan_interfaces`.
+pub const LAN_INTERFACES_MAX: usize = 32;
 
 /// One entry of `bootstrap_nodes`: who to contact first and the key it must prove.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +174,13 @@ config_schema! {
         /// How often the provider records of held items are published again (they expire
         /// after twice this).
         provider_republish_ms: u64 = 22 * 3_600_000,
+        /// Announce this node on the local network and listen for others' announcements (SPEC
+        /// R5.3): signed, on an IPv4 and an IPv6 multicast group, on each real interface.
+        /// Needs a listen address a LAN can reach (not loopback).
+        lan_discovery: bool = true,
+        /// Interfaces to announce on, by name; empty: every interface that is up, multicast
+        /// capable and not loopback or virtual (docker, veth, bridges, VPN tunnels).
+        lan_interfaces: Vec<String> = Vec::new(),
         /// Rounds of dialling the bootstrap list before start-up gives up.
         bootstrap_attempts: u32 = 4,
         /// Pause before the second bootstrap round; it doubles for each later round.
@@ -288,6 +297,20 @@ impl Config {
         let states = &self.replicate_states;
         if let Some(i) = (1..states.len()).find(|i| states[..*i].contains(&states[*i])) {
             return fail("replicate_states", format!("replicate_states[{i}]"), "listed twice".into());
+        }
+        if self.lan_interfaces.len() > LAN_INTERFACES_MAX {
+            return fail(
+                "lan_interfaces",
+                "lan_interfaces".into(),
+                format!("{} interfaces; at most {LAN_INTERFACES_MAX}", self.lan_interfaces.len()),
+            );
+        }
+        if let Some(i) = self.lan_interfaces.iter().position(|n| n.is_empty() || n.len() > 15 || n.contains('/')) {
+            return fail(
+                "lan_interfaces",
+                format!("lan_interfaces[{i}]"),
+                format!("{:?} is not an interface name (1-15 characters, no '/')", self.lan_interfaces[i]),
+            );
         }
         self.validate_limits(&src)
     }

@@ -54,6 +54,12 @@ pub enum Output {
     DeleteItem { id: ContentId },
     /// The peer cancelled its request: drop the answer from `Serve` if it is not sent yet.
     CancelServe { conn: ConnId, request: RequestId },
+    /// Multicast this signed announcement on the LAN (`lan`): each real interface, IPv4 and
+    /// IPv6 groups.
+    LanAnnounce {
+        #[serde(with = "crate::id::byte_vec")]
+        bytes: Vec<u8>,
+    },
 }
 
 /// Counters that only grow.
@@ -101,9 +107,9 @@ pub enum Deferred {
     Catalogued(Vec<crate::states::Named>),
     /// The first reconciliation rounds are over (start-up phase 7 may end).
     CatalogueSettled,
-    /// Peers a DHT lookup reached (verified identities at addresses that answered), for
-    /// discovery to remember and dial towards its target.
-    Discovered(Vec<crate::discovery::PeerRecord>),
+    /// Peers a DHT lookup reached (verified identities at addresses that answered) or a LAN
+    /// announcement named, for discovery to remember and dial towards its target.
+    Discovered(Vec<crate::discovery::PeerRecord>, crate::peers::Found),
     /// The peer on `conn` holds item `id` (a provider record found it): content may fetch.
     Holder { conn: ConnId, id: [u8; 32] },
     /// We hold item `id` (imported, fetched): the DHT publishes a provider record.

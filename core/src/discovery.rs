@@ -245,13 +245,17 @@ impl Discovery {
         }
     }
 
-    /// Peers a DHT lookup reached (SPEC R5.2, R5.5: ourselves, banned peers and peers over
-    /// the limits are skipped by `fill_peers` as for any candidate).
-    pub fn discovered(&mut self, cx: &mut Cx<'_>, records: &[PeerRecord]) {
+    /// Peers a DHT lookup reached (identities verified at addresses that answered) or a LAN
+    /// announcement named (a signed key, an address not yet dialled). SPEC R5.2, R5.3; R5.5:
+    /// ourselves, banned peers and peers over the limits are skipped by `fill_peers` as for
+    /// any candidate.
+    pub fn discovered(&mut self, cx: &mut Cx<'_>, records: &[PeerRecord], found: Found) {
         let now = cx.now.mono;
-        for r in records {
-            if r.node_id != cx.node_id {
-                self.known.verified(r.node_id, r.public_key, Some(r.address), now, Found::Dht);
+        for r in records.iter().filter(|r| r.node_id != cx.node_id) {
+            if found == Found::Dht {
+                self.known.verified(r.node_id, r.public_key, Some(r.address), now, found);
+            } else {
+                self.known.learn_from(r, now, found);
             }
         }
         self.fill_peers(cx);

@@ -291,6 +291,11 @@ pub enum Event {
         queried: u32,
         failed: u32,
     },
+    /// A LAN announcement named a node we had not heard on the LAN before.
+    LanPeer {
+        node: NodeId,
+        addr: SocketAddr,
+    },
     /// An item was imported on this node.
     ItemAdded {
         id: ContentId,
@@ -406,6 +411,7 @@ impl fmt::Display for Event {
                 crate::hex::encode(&target[..4]),
                 if *found { "found" } else { "not found" }
             ),
+            Event::LanPeer { node, addr } => write!(f, "LAN announcement from {} at {addr}", node.short()),
             Event::Initialized { peers } => write!(f, "node initialized ({peers} {})", plural(*peers, "peer", "peers")),
             Event::ItemAdded { id, size } => write!(f, "item {id} added ({size} bytes)"),
             Event::ItemRemoved { id } => write!(f, "item {id} removed"),

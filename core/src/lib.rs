@@ -17,6 +17,7 @@ pub mod handshake;
 pub mod hex;
 pub mod id;
 pub mod identity;
+pub mod lan;
 pub mod node;
 pub mod peers;
 pub mod penalties;

@@ -115,6 +115,8 @@ pub struct Driver {
     /// Decrypt checks started (SPEC R9), by (original, decrypted form).
     relation_checks: HashMap<(ContentId, ContentId), Instant>,
     last_sweep: Instant,
+    /// LAN discovery's sockets, when it is on.
+    lan: Option<crate::lan::Lan>,
 }
 
 /// How often the driver looks for (original, decrypted form) pairs to check.
@@ -176,6 +178,7 @@ impl Driver {
             store_inputs,
             relation_checks: HashMap::new(),
             last_sweep: Instant::now(),
+            lan: None,
         };
         let needs = driver.journal.log().next_seq();
         for output in initial {
@@ -183,6 +186,12 @@ impl Driver {
         }
         driver.reconcile_store()?;
         Ok(driver)
+    }
+
+    /// LAN discovery's sockets: the node's announcements go there.
+    pub fn with_lan(mut self, lan: Option<crate::lan::Lan>) -> Driver {
+        self.lan = lan;
+        self
     }
 
     /// Items complete in the store that the node does not know of (the process died between
@@ -409,6 +418,11 @@ impl Driver {
             Output::StoreHead { id, size, cvs } => self.with_store(|s| s.store_head(id, size, cvs)),
             Output::StorePage { id, page, cvs } => self.with_store(|s| s.store_page(id, page, cvs)),
             Output::DeleteItem { id } => self.with_store(|s| s.delete(id)),
+            Output::LanAnnounce { bytes } => {
+                if let Some(lan) = &self.lan {
+                    lan.announce(bytes);
+                }
+            }
             Output::CancelServe { conn, request } => {
                 if let Some(serve) = self.conns.get_mut(&conn).and_then(|h| h.serves.remove(&request)) {
                     serve.abort();
@@ -634,6 +648,22 @@ impl Driver {
         json!(records)
     }
 
+    /// Status `lan`: the node's counts, and the sockets' interfaces and errors.
+    fn lan_json(&self, node: &mynet_core::lan::LanStatus) -> serde_json::Value {
+        let mut lan = serde_json::to_value(node).unwrap_or_default();
+        let sockets = self.lan.as_ref().map(crate::lan::Lan::state);
+        if let (Some(map), Some(sockets)) = (lan.as_object_mut(), sockets) {
+            map.insert("active".into(), json!(node.active));
+            if let Ok(serde_json::Value::Object(more)) = serde_json::to_value(sockets) {
+                map.extend(more);
+            }
+        } else if let Some(map) = lan.as_object_mut() {
+            map.insert("active".into(), json!(false));
+            map.insert("interfaces".into(), json!([]));
+        }
+        lan
+    }
+
     /// Status as JSON (SPEC R10.1, first part).
     pub fn status_json(&self) -> serde_json::Value {
         let now = self.clock.now();
@@ -656,7 +686,9 @@ impl Driver {
                 "direction": p.direction.to_string(),
                 "connected_s": p.connected_s,
                 "bootstrap": p.bootstrap,
+                "found_by": p.found_by,
             })).collect::<Vec<_>>(),
+            "blacklist": status.blacklist,
             "known_peers": status.known_peers,
             "connections_handshaking": status.connections_handshaking,
             "counters": status.counters,
@@ -665,6 +697,8 @@ impl Driver {
             "sync": status.sync,
             "reconcile": status.reconcile,
             "states": status.states,
+            "dht": status.dht,
+            "lan": self.lan_json(&status.lan),
             "event_log_next_seq": self.journal.log().next_seq(),
             "event_log_durable_seq": self.durable.borrow().clone().unwrap_or_default(),
             "outputs_awaiting_durability": self.held.len(),

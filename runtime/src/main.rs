@@ -8,6 +8,7 @@ mod content;
 mod datadir;
 mod driver;
 mod durability;
+mod lan;
 mod noise;
 mod replay;
 mod startup;
@@ -194,6 +195,15 @@ struct SimArgs {
     /// no refusal: packets to them go nowhere).
     #[arg(long, default_value_t = 0, value_name = "PCT")]
     dead: u32,
+    /// LAN discovery only: the nodes form broadcast domains of SIZE nodes and start with no
+    /// bootstrap list; each domain must connect on its own (the summary's `lan`).
+    #[arg(long, default_value_t = 0, value_name = "SIZE")]
+    lan: usize,
+    /// N operator `get`s (60% to 85% of the run) of `--content` items, each at a node none of
+    /// whose peers holds the item; nodes replicate `none`, so provider records must lead each
+    /// to a holder (summary `dht.wants`, `dht.wants_served`).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    wants: usize,
 }
 
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
@@ -357,6 +367,20 @@ fn sim(args: SimArgs) -> Result<()> {
     }
     config.lookups = args.lookups;
     config.dead_pct = args.dead;
+    let workloads = args.content > 0 || args.catalogue > 0 || args.updates > 0 || args.lookups > 0 || args.dead > 0;
+    if args.lan > 0 && workloads {
+        bail!(
+            "--lan splits the network into domains that never meet; it cannot be combined with --content, --catalogue, --updates, --lookups or --dead"
+        );
+    }
+    config.lan = args.lan;
+    if args.wants > 0 && (args.content == 0 || args.dead > 0) {
+        bail!("--wants asks for --content items (give --content N) and cannot be combined with --dead");
+    }
+    config.wants = args.wants;
+    if args.wants > 0 {
+        config.node_config.replicate = mynet_core::config::Replicate::None;
+    }
     let Some(mut config) = config.with_faults(&args.faults) else {
         bail!("unknown fault profile {:?}; choose one of {}", args.faults, mynet_sim::faults::PROFILE_NAMES.join(", "));
     };

@@ -74,6 +74,14 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
     let _listener_task = transport.spawn_listener(listener);
     let _api_task = tokio::spawn(api::serve(api_listener, token, api_tx, store.shared()));
 
+    let lan = if config.lan_discovery {
+        crate::lan::spawn(listen_addr, config.lan_interfaces.clone(), identity.node_id(), store_tx.clone())
+    } else {
+        None
+    };
+    if config.lan_discovery && lan.is_none() {
+        tracing::info!("LAN discovery off: listening on {listen_addr}, which a LAN cannot reach");
+    }
     let mut clock = Clock::starting_after(None);
     let mut outputs = Vec::new();
     let opened = Journaled::open(
@@ -102,7 +110,8 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
     }
     let facts =
         Facts { listen_addr, api_addr, data_dir: dir.root().display().to_string(), startup_time_ms: driver::wall_ms() };
-    let node = phase(Phase::Bootstrap, Driver::new(journal, clock, transport, facts, outputs, store, store_tx))?;
+    let node =
+        phase(Phase::Bootstrap, Driver::new(journal, clock, transport, facts, outputs, store, store_tx))?.with_lan(lan);
     let result = node.run(net_rx, api_rx, store_rx, shutdown_signal()).await;
     let _ = std::fs::remove_file(dir.api_addr_path());
     result.map_err(|(phase, cause)| StartupError { phase, cause })

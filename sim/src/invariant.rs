@@ -86,6 +86,12 @@ pub enum LivenessFailure {
         node: usize,
         target: String,
     },
+    /// An operator's `get` at `node` of an item no peer of it held was never served (the DHT's
+    /// provider records should have led it to a holder).
+    WantNotServed {
+        node: usize,
+        item: String,
+    },
 }
 
 impl fmt::Display for LivenessFailure {
@@ -103,6 +109,9 @@ impl fmt::Display for LivenessFailure {
             LivenessFailure::MetadataDiverged { node, detail } => write!(f, "node {node}: metadata diverged: {detail}"),
             LivenessFailure::GroupsDiffer { node, detail } => write!(f, "node {node}: groups differ: {detail}"),
             LivenessFailure::LookupFailed { node, target } => write!(f, "node {node}: lookup of {target} failed"),
+            LivenessFailure::WantNotServed { node, item } => {
+                write!(f, "node {node}: wanted item {item}, held only by nodes it was not connected to, never arrived")
+            }
         }
     }
 }

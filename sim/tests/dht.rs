@@ -46,3 +46,20 @@ fn lookups_after_faults_heal_find_every_running_node() {
     let again = run(config).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(summary.trace_hash, again.trace_hash);
 }
+
+/// `find_peers_with_content`: an operator's `get` at a node none of whose peers holds the item
+/// (nodes replicate `none`, so only the item's origin holds it) finds the holder through its
+/// provider record and fetches it. Regressions: the `get` did not count as the operator's
+/// (only items imported here did), so no provider search ran and the transfer was never
+/// retried; then a holder found after the first attempt failed waited for the 30 s retry.
+#[test]
+fn an_operators_get_finds_an_unannounced_holder_through_provider_records() {
+    let mut config = SimConfig::new(1, 60, 180_000);
+    config.content = 10;
+    config.wants = 10;
+    config.node_config.replicate = mynet_core::config::Replicate::None;
+    let summary = run(config).unwrap_or_else(|e| panic!("{e}"));
+    let d = &summary.dht;
+    assert_eq!((d.wants, d.wants_served), (10, 10), "{d:?}");
+    assert!(d.want_time_max_ms < 10_000.0, "{d:?}");
+}

@@ -226,7 +226,7 @@ impl Content {
             if self.holds(&id) {
                 continue;
             }
-            let wanted = self.items.get(&id).is_some_and(|i| i.here);
+            let wanted = self.wanted.contains(&id) || self.items.get(&id).is_some_and(|i| i.here);
             let size = self.items.get(&id).map(|i| i.size).or_else(|| self.remote.get(&id).map(|r| r.size));
             if let Some(size) = size {
                 let held = self.items.get(&id).map_or(0, held_bytes);
@@ -273,6 +273,11 @@ impl Content {
     pub fn holder(&mut self, cx: &mut Cx<'_>, conn: ConnId, id: ContentId) {
         if !self.peers.contains_key(&conn) || self.holds(&id) {
             return;
+        }
+        // A transfer that found no source waits for its retry: start it again now.
+        if !self.active.contains_key(&id) && self.retry.remove(&id) {
+            self.push_queue(id, true, true);
+            self.start_transfers(cx);
         }
         if let Some(t) = self.active.get_mut(&id) {
             t.sources.entry(conn).or_insert(Source::new(Avail::Unknown));
@@ -418,6 +423,7 @@ impl Content {
         let Some(t) = self.active.remove(&id) else { return };
         self.cancel_all(cx, &t);
         self.stats.synced_content += 1;
+        self.wanted.remove(&id);
         cx.defer(crate::context::Deferred::Provide(id.0));
         cx.event(Event::ItemComplete {
             id,

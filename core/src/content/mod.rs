@@ -323,7 +323,13 @@ pub struct Content {
     retry_at: Option<Mono>,
     /// The catalogue's first rounds since start-up are over.
     settled: bool,
+    /// Items the operator asked for (`mynet get`) and that are not held yet: searched for
+    /// in the DHT when no peer holds them, and retried whatever the replication policy.
+    wanted: BTreeSet<ContentId>,
 }
+
+/// Operator `get`s remembered at once (past it, a `get` still fetches from peers).
+pub const WANTED_MAX: usize = 10_000;
 
 /// How often items whose transfer found no source are tried again.
 pub const RETRY_MS: u64 = 30_000;
@@ -624,6 +630,9 @@ impl Content {
         if self.holds(&id) {
             return;
         }
+        if self.wanted.len() < WANTED_MAX {
+            self.wanted.insert(id);
+        }
         if let Some(t) = self.active.get_mut(&id) {
             t.wanted = true;
             return;
@@ -651,6 +660,7 @@ impl Content {
             self.cancel_all(cx, &t);
         }
         self.unqueue(&id);
+        self.wanted.remove(&id);
         if let Some(item) = self.items.remove(&id) {
             self.bytes_stored -= held_bytes(&item);
         }

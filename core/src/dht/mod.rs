@@ -435,7 +435,7 @@ impl Dht {
             Purpose::Discover => {
                 let found = lookup.closest_answered(K);
                 if !found.is_empty() {
-                    cx.defer(Deferred::Discovered(found));
+                    cx.defer(Deferred::Discovered(found, crate::peers::Found::Dht));
                 }
             }
             Purpose::Providers => self.dial_providers(cx, &lookup),

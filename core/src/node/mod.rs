@@ -61,10 +61,11 @@ struct State {
     reconcile: Reconcile,
     states: crate::states::States,
     dht: crate::dht::Dht,
+    lan: crate::lan::Lan,
 }
 
 /// Format byte of node snapshots.
-pub const SNAPSHOT_FORMAT: u8 = 7;
+pub const SNAPSHOT_FORMAT: u8 = 8;
 
 /// Encoded outputs are hashed in blocks of this size (BLAKE3 is several times faster on long
 /// inputs than on many short ones).
@@ -164,6 +165,7 @@ impl Node {
             reconcile: Reconcile::default(),
             states: crate::states::States::default(),
             dht: crate::dht::Dht::new(identity.node_id()),
+            lan: crate::lan::Lan::default(),
         };
         let mut node = Node {
             identity,
@@ -248,7 +250,8 @@ impl Node {
     }
 
     /// Checks the safety invariants: connection limits (handshaking connections included),
-    /// the tables' indexes, and that every established peer is a proven identity other than ours.
+    /// the tables' indexes, and that every established peer is a proven identity other than
+    /// ours and not blacklisted.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         self.state.conns.check(&self.state.config)?;
         if !self.state.requests.counts_agree() {
@@ -258,6 +261,10 @@ impl Node {
         for (id, _, e) in self.state.conns.established() {
             if e.node_id == self.state.node_id {
                 return Err(InvariantViolation::SelfConnection { conn: id });
+            }
+            // A ban closes the peer's connections and the handshake refuses it (R5.5).
+            if self.state.penalties.is_banned(&Offender::Node(e.node_id), now) {
+                return Err(InvariantViolation::BannedPeer { conn: id, peer: e.node_id });
             }
             // Identities are proven when a connection is established; re-derive the id of
             // every connection established in this step (older ones were checked then).
@@ -312,6 +319,7 @@ impl Node {
             reconcile: self.state.reconcile.status(),
             states: self.state.states.status(self.state.reconcile.catalogue(), now.wall_ms),
             dht: self.state.dht.status(),
+            lan: self.state.lan.status(),
         }
     }
 
@@ -427,6 +435,7 @@ impl Node {
             }
             Input::Damaged { piece } => self.state.content.damaged(&mut cx!(self), piece),
             Input::Lookup { target } => self.state.dht.find_node(&mut cx!(self), target),
+            Input::LanHeard { from, bytes } => self.state.lan.heard(&mut cx!(self), from, &bytes),
         }
         self.run_deferred();
     }
@@ -465,6 +474,7 @@ impl Node {
             s.content.poll_timeout().map(|at| (at, TimerKind::Content)),
             s.reconcile.poll_timeout().map(|at| (at, TimerKind::Reconcile)),
             s.dht.poll_timeout().map(|at| (at, TimerKind::Dht)),
+            s.lan.poll_timeout().map(|at| (at, TimerKind::Lan)),
         ]
         .into_iter()
         .flatten()
@@ -523,6 +533,8 @@ impl Node {
         self.state.reconcile.handle_timeout(&mut cx!(self));
         self.run_deferred();
         self.state.dht.handle_timeout(&mut cx!(self));
+        self.run_deferred();
+        self.state.lan.handle_timeout(&mut cx!(self), &self.identity);
     }
 
     fn handle_piece(&mut self, conn: ConnId, request: RequestId, header: PieceHeader, hash: [u8; 32], data: PieceData) {
@@ -575,6 +587,7 @@ impl Node {
         self.state.content.on_shutdown();
         self.state.reconcile.on_shutdown();
         self.state.dht.on_shutdown();
+        self.state.lan.on_shutdown();
     }
 
     // ---- start-up ----
@@ -582,6 +595,7 @@ impl Node {
     fn start(&mut self, now: Time) {
         self.state.started = now;
         self.set_phase(Phase::Bootstrap);
+        self.state.lan.start(&mut cx!(self), &self.identity);
         self.state.bootstrap.start(&mut cx!(self));
         self.run_deferred();
     }

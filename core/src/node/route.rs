@@ -134,7 +134,9 @@ impl Node {
                 Deferred::Startup(step) => self.startup_step(step),
                 Deferred::Popular(ids) => self.state.content.queue_popular(&mut cx!(self), &ids),
                 Deferred::Catalogued(items) => self.state.content.catalogued(&mut cx!(self), &items),
-                Deferred::Discovered(records) => self.state.discovery.discovered(&mut cx!(self), &records),
+                Deferred::Discovered(records, found) => {
+                    self.state.discovery.discovered(&mut cx!(self), &records, found)
+                }
                 Deferred::Holder { conn, id } => self.state.content.holder(&mut cx!(self), conn, ContentId(id)),
                 Deferred::Provide(id) => self.state.dht.provide(&cx!(self), id),
                 Deferred::FindProviders(id) => self.state.dht.find_providers(&mut cx!(self), id),

@@ -53,6 +53,12 @@ pub enum Input {
     RelationChecked { parent: ContentId, child: ContentId, ok: bool },
     /// Look `target` up in the DHT (`Event::LookupDone` tells how it went).
     Lookup { target: NodeId },
+    /// A datagram heard on a LAN discovery group, from `from` (`lan`).
+    LanHeard {
+        from: SocketAddr,
+        #[serde(with = "crate::id::byte_vec")]
+        bytes: Vec<u8>,
+    },
 }
 
 impl Input {
@@ -78,6 +84,7 @@ impl Input {
             Input::KeyEdit(_) => "key_edit",
             Input::RelationChecked { .. } => "relation_checked",
             Input::Lookup { .. } => "lookup",
+            Input::LanHeard { .. } => "lan_heard",
         }
     }
 }
@@ -92,6 +99,7 @@ pub enum TimerKind {
     Content,
     Reconcile,
     Dht,
+    Lan,
 }
 
 /// A connection that just ended, as every module hears of it.
@@ -120,6 +128,8 @@ pub enum InvariantViolation {
     ConnectionLimits { inbound: u32, outbound: u32 },
     #[error("{count} connections to {ip}, limit {max}")]
     PerIpLimit { ip: IpAddr, count: u32, max: u32 },
+    #[error("{conn} is a connection to {peer}, which is blacklisted")]
+    BannedPeer { conn: ConnId, peer: NodeId },
     #[error("{conn} is a connection to ourselves")]
     SelfConnection { conn: ConnId },
     #[error("{conn} holds an identity whose id does not match its key")]
@@ -165,4 +175,7 @@ pub struct NodeStatus {
     /// The DHT: routing table, lookups, provider records.
     #[serde(default)]
     pub dht: crate::dht::DhtStatus,
+    /// LAN discovery: announcements sent, heard, accepted, refused.
+    #[serde(default)]
+    pub lan: crate::lan::LanStatus,
 }

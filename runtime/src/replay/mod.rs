@@ -355,6 +355,10 @@ impl Describer {
             Input::RelationChecked { parent, child, ok } => {
                 format!("decrypting {parent} {} {child}", if *ok { "gives" } else { "does not give" })
             }
+            Input::LanHeard { from, bytes } => {
+                mentions.addrs.push(from.to_string());
+                format!("from {from}: {}", describe_announcement(bytes, mentions))
+            }
         }
     }
 
@@ -418,6 +422,7 @@ impl Describer {
                 mentions.conns.push(*conn);
                 format!("cancel serving request {request} on {conn}")
             }
+            Output::LanAnnounce { bytes } => format!("LAN announce: {}", describe_announcement(bytes, mentions)),
         }
     }
 
@@ -654,4 +659,15 @@ pub fn dump_sim_log(world: &mynet_sim::World, node: usize, path: &Path) -> Resul
     let mut log = FjallLog::open(&dir.log_path())?;
     log.import(source)?;
     Ok(())
+}
+
+/// A LAN announcement, decoded (or why it does not decode).
+fn describe_announcement(bytes: &[u8], mentions: &mut Mentions) -> String {
+    match mynet_core::lan::Announcement::decode(bytes) {
+        Ok(a) => {
+            mentions.ids.push(a.node_id);
+            format!("{} on {} at {} (wall {} ms)", a.node_id.short(), a.network_id, a.listen_addr, a.timestamp_ms)
+        }
+        Err(why) => format!("{} bytes, {why}", bytes.len()),
+    }
 }

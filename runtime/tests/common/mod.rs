@@ -16,7 +16,24 @@ pub fn bin() -> &'static str {
 
 /// Runs `mynet --data-dir dir ARGS` to completion.
 pub fn mynet(dir: &Path, args: &[&str]) -> Output {
-    Command::new(bin()).arg("--data-dir").arg(dir).args(args).env_remove("RUST_LOG").output().expect("run mynet")
+    mynet_in(None, dir, args)
+}
+
+/// `mynet` itself, or run inside network namespace `netns` (`ip netns exec`).
+fn command_in(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", ns, bin()]);
+            command
+        }
+        None => Command::new(bin()),
+    }
+}
+
+/// [`mynet`] inside network namespace `netns`, if given.
+pub fn mynet_in(netns: Option<&str>, dir: &Path, args: &[&str]) -> Output {
+    command_in(netns).arg("--data-dir").arg(dir).args(args).env_remove("RUST_LOG").output().expect("run mynet")
 }
 
 /// stdout of a command as JSON (its last line).
@@ -66,15 +83,23 @@ pub struct RunningNode {
     pub dir: PathBuf,
     pub child: Child,
     pub log: PathBuf,
+    /// The network namespace it runs in, if not ours.
+    pub netns: Option<String>,
 }
 
 impl RunningNode {
     /// Starts `mynet run` on `dir`, logging to `dir/../NAME.log`.
     pub fn start(dir: &Path) -> RunningNode {
+        RunningNode::start_in(dir, None)
+    }
+
+    /// [`RunningNode::start`] inside network namespace `netns` (`ip netns exec` execs mynet,
+    /// so the child is the node itself).
+    pub fn start_in(dir: &Path, netns: Option<&str>) -> RunningNode {
         let log = dir.with_extension("log");
         let file = fs::File::create(&log).expect("log file");
         let _ = fs::remove_file(dir.join("api.addr"));
-        let child = Command::new(bin())
+        let child = command_in(netns)
             .arg("--data-dir")
             .arg(dir)
             .arg("run")
@@ -83,7 +108,7 @@ impl RunningNode {
             .stderr(file)
             .spawn()
             .expect("spawn mynet run");
-        RunningNode { dir: dir.to_path_buf(), child, log }
+        RunningNode { dir: dir.to_path_buf(), child, log, netns: netns.map(str::to_string) }
     }
 
     /// Waits until the node answers `mynet status` in phase `ready`.
@@ -115,7 +140,7 @@ impl RunningNode {
 
     /// `mynet status`, if the node answers.
     pub fn try_status(&self) -> Option<Value> {
-        let out = mynet(&self.dir, &["status"]);
+        let out = mynet_in(self.netns.as_deref(), &self.dir, &["status"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
     }
 

@@ -428,7 +428,7 @@ impl World {
 
     /// Whether an item was added, at a node that serves it honestly (an item whose only
     /// holder serves bad pieces or none cannot be expected anywhere else).
-    fn added(&self, item: &SimItem) -> bool {
+    pub(super) fn added(&self, item: &SimItem) -> bool {
         if self.honest(item.origin).is_some_and(|h| h.content_fault.is_some()) {
             return false;
         }

@@ -28,6 +28,9 @@ pub(super) struct Lookups {
     /// A lookup that failed with no node dead: (from, target).
     pub(super) first_failure: Option<(usize, NodeId)>,
     targets: BTreeMap<(usize, NodeId), u64>,
+    /// `--wants`: (node, item) asked at, and when it completed.
+    wants: BTreeMap<(usize, mynet_core::content::ContentId), (u64, Option<u64>)>,
+    wants_skipped: u64,
 }
 
 /// The `dht` section of the summary.
@@ -56,6 +59,12 @@ pub struct DhtSummary {
     pub contacts: u64,
     pub contact_dials: u64,
     pub probes: u64,
+    /// `--wants`: operator gets of items no peer held, how many arrived, and how long they
+    /// took (provider search, dial, transfer).
+    pub wants: u64,
+    pub wants_served: u64,
+    pub want_time_p50_ms: f64,
+    pub want_time_max_ms: f64,
 }
 
 fn percentile(sorted: &[u32], q: f64) -> u32 {
@@ -76,6 +85,46 @@ impl World {
         let n = self.config.lookups as u64;
         for k in 0..n {
             self.schedule(from + (to - from) * k / n.max(1), Ev::Lookup(k as usize));
+        }
+        let wants = self.config.wants as u64;
+        for k in 0..wants {
+            self.schedule(from + (to - from) * k / wants.max(1), Ev::Want(k as usize));
+        }
+    }
+
+    /// `--wants`: a random running node asks for an added item whose holders are none of its
+    /// peers, so only the DHT's provider records can lead it there.
+    pub(super) fn want(&mut self) -> Result<(), SimError> {
+        let items: Vec<(mynet_core::content::ContentId, usize)> =
+            self.content.items.iter().filter(|i| self.added(i)).map(|i| (i.id, i.origin)).collect();
+        if items.is_empty() {
+            self.lookups.wants_skipped += 1;
+            return Ok(());
+        }
+        let (id, _) = items[(self.rng.next_u64() % items.len() as u64) as usize];
+        let holders: BTreeSet<NodeId> = (0..self.honest)
+            .filter(|m| self.node(*m).is_some_and(|node| node.content().holds(&id)))
+            .map(|m| self.nodes[m].identity.node_id())
+            .collect();
+        let candidates: Vec<usize> = (0..self.honest)
+            .filter(|m| !self.dead(*m) && !holders.contains(&self.nodes[*m].identity.node_id()))
+            .filter(|m| self.lookups.wants.keys().all(|(w, i)| (*w, *i) != (*m, id)))
+            .filter(|m| self.node(*m).is_some_and(|node| node.peer_ids().iter().all(|p| !holders.contains(p))))
+            .collect();
+        if candidates.is_empty() {
+            self.lookups.wants_skipped += 1;
+            return Ok(());
+        }
+        let n = candidates[(self.rng.next_u64() % candidates.len() as u64) as usize];
+        self.lookups.wants.insert((n, id), (self.now_us, None));
+        self.node_input(n, Input::Want { id })
+    }
+
+    /// Node `n` completed item `id`: a want served, if it was one.
+    pub(super) fn want_served(&mut self, n: usize, id: mynet_core::content::ContentId) {
+        let now = self.now_us;
+        if let Some((_, done)) = self.lookups.wants.get_mut(&(n, id)) {
+            done.get_or_insert(now);
         }
     }
 
@@ -189,6 +238,22 @@ impl World {
             contacts,
             contact_dials,
             probes,
+            wants: l.wants.len() as u64,
+            wants_served: l.wants.values().filter(|(_, d)| d.is_some()).count() as u64,
+            want_time_p50_ms: {
+                let mut t = Durations::default();
+                for (at, done) in l.wants.values() {
+                    if let Some(done) = done {
+                        t.record(done - at);
+                    }
+                }
+                t.percentiles().p50_ms
+            },
+            want_time_max_ms: l
+                .wants
+                .values()
+                .filter_map(|(at, done)| done.map(|d| (d - at) as f64 / 1000.0))
+                .fold(0.0, f64::max),
         }
     }
 
@@ -212,6 +277,11 @@ impl World {
         if let Some((from, target)) = self.lookups.first_failure {
             let failure = LivenessFailure::LookupFailed { node: from, target: target.short() };
             return Err(SimError::Liveness { failure, node: Some(from), budget_s: 0, command: self.config.command() });
+        }
+        let unserved = self.lookups.wants.iter().find(|((n, _), (_, done))| done.is_none() && self.node(*n).is_some());
+        if let Some(((n, id), _)) = unserved {
+            let failure = LivenessFailure::WantNotServed { node: *n, item: id.to_string() };
+            return Err(SimError::Liveness { failure, node: Some(*n), budget_s: 0, command: self.config.command() });
         }
         let unfinished = self.lookups.asked - self.lookups.done;
         if unfinished > 0 && self.lookups.dead.iter().all(|d| !d) {

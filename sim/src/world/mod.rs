@@ -6,6 +6,7 @@
 
 mod content;
 mod dht;
+mod lan;
 mod network;
 mod nodes;
 mod reconcile;
@@ -13,6 +14,7 @@ mod report;
 mod states;
 
 pub use content::{ContentFault, ContentSummary, SimItem};
+pub use lan::LanSummary;
 pub use reconcile::ReconcileSummary;
 
 use report::EVENT_KINDS;
@@ -88,6 +90,12 @@ pub struct SimConfig {
     pub lookups: usize,
     /// Percent of honest nodes that vanish silently before the lookups (`--dead PCT`).
     pub dead_pct: u32,
+    /// Operator `get`s of added items at nodes not connected to the item's only holder
+    /// (`--wants N`, with `--content`; nodes replicate `none`): provider records must find it.
+    pub wants: usize,
+    /// Broadcast domains of this many nodes, with no bootstrap list: LAN discovery only
+    /// (`--lan SIZE`; 0: none, and LAN discovery is off).
+    pub lan: usize,
 }
 
 impl SimConfig {
@@ -110,6 +118,8 @@ impl SimConfig {
             catalogue: 0,
             lookups: 0,
             dead_pct: 0,
+            lan: 0,
+            wants: 0,
         }
     }
 
@@ -128,6 +138,8 @@ impl SimConfig {
             ("catalogue", self.catalogue),
             ("lookups", self.lookups),
             ("dead", self.dead_pct as usize),
+            ("lan", self.lan),
+            ("wants", self.wants),
         ];
         for (flag, n) in flags {
             if n > 0 {
@@ -214,6 +226,8 @@ pub struct Summary {
     pub reconcile: ReconcileSummary,
     /// DHT lookups (`--lookups`, `--dead`) and routing tables.
     pub dht: dht::DhtSummary,
+    /// LAN discovery (`--lan`).
+    pub lan: LanSummary,
 }
 
 #[derive(Clone, Debug)]
@@ -283,6 +297,15 @@ enum Ev {
     Catalogue,
     /// `--dead`: the chosen nodes vanish.
     Vanish,
+    /// A LAN announcement reaches honest node `to` (in its epoch `epoch`).
+    /// `--wants`: the k-th operator `get`.
+    Want(usize),
+    LanDeliver {
+        to: usize,
+        epoch: u32,
+        from: SocketAddr,
+        bytes: Vec<u8>,
+    },
     /// `--lookups`: the k-th lookup.
     Lookup(usize),
 }
@@ -314,6 +337,8 @@ impl Ev {
             Ev::DecryptSweep => (21, 0, 0),
             Ev::Vanish => (22, 0, 0),
             Ev::Lookup(k) => (23, *k, 0),
+            Ev::LanDeliver { to, .. } => (24, *to, 0),
+            Ev::Want(k) => (25, *k, 0),
         }
     }
 }
@@ -445,6 +470,7 @@ pub struct World {
     edits: reconcile::Edits,
     groups: states::Groups,
     lookups: dht::Lookups,
+    lan: lan::LanCounts,
 }
 
 impl World {
@@ -529,6 +555,7 @@ impl World {
             edits: reconcile::Edits::default(),
             groups: states::Groups::default(),
             lookups: dht::Lookups::default(),
+            lan: lan::LanCounts::default(),
         };
         world.schedule_faults();
         world
@@ -697,6 +724,8 @@ impl World {
                 Ok(())
             }
             Ev::Lookup(_) => self.lookup(),
+            Ev::LanDeliver { to, epoch, from, bytes } => self.lan_deliver(to, epoch, from, bytes),
+            Ev::Want(_) => self.want(),
         }
     }
 

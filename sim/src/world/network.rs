@@ -19,6 +19,7 @@ impl World {
             Output::Send { conn, bytes } => self.send(self.end(n, conn), bytes),
             Output::Close { conn } => self.close(self.end(n, conn)),
             Output::Event(_) => {}
+            Output::LanAnnounce { bytes } => self.lan_announce(n, bytes),
             content => self.apply_content(n, content),
         }
     }

@@ -32,7 +32,8 @@ impl World {
             config.log_retain_bytes = defaults.log_retain_bytes;
             config.snapshot_interval_events = defaults.snapshot_interval_events;
         }
-        if n > 0 {
+        config.lan_discovery = self.config.lan > 0;
+        if n > 0 && self.config.lan == 0 {
             let first = &self.nodes[0];
             config.bootstrap_nodes = vec![BootstrapNode {
                 node_id: first.identity.node_id(),
@@ -109,6 +110,7 @@ impl World {
         match output {
             Output::Send { bytes, .. } => self.scan_frame(n, bytes)?,
             Output::Event(Event::ItemComplete { id, .. } | Event::ItemAdded { id, .. }) => {
+                self.want_served(n, *id);
                 self.schedule_decrypt_checks(n, *id)
             }
             Output::Event(event @ Event::LookupDone { .. }) => self.observe_lookup(n, event),
@@ -142,7 +144,7 @@ impl World {
 
     /// Failed start-ups are restarted; the first time a node meets its peer target is recorded.
     pub(super) fn after_outputs(&mut self, n: usize) {
-        let (target, now) = ((self.config.node_config.target_peers as usize).min(self.honest - 1), self.now_us);
+        let (target, now) = (self.target_of(n), self.now_us);
         let Some(h) = self.honest_mut(n) else { return };
         let Some(node) = h.journaled.as_ref().map(Journaled::node) else { return };
         let (failed, peers) = (node.phase() == Phase::Failed, node.peer_ids().len());

@@ -12,7 +12,6 @@ impl World {
     /// peers (or every other honest node in small networks), and the honest graph must be
     /// connected.
     pub fn check_liveness(&self) -> Result<(), SimError> {
-        let target = (self.config.node_config.target_peers as usize).min(self.honest.saturating_sub(1));
         let budget_s =
             (self.config.duration_ms * 1000 - self.config.heal_at_us().min(self.config.duration_ms * 1000)) / 1_000_000;
         let fail = |failure: LivenessFailure, node: Option<usize>| {
@@ -36,7 +35,7 @@ impl World {
             // A node may have just lost a peer (a reset, a peer's crash) and be dialling a
             // replacement: it fails only if it has been short for longer than the recovery
             // budget.
-            let all_peers = node.peer_ids().len();
+            let (all_peers, target) = (node.peer_ids().len(), self.target_of(n));
             let short_us = self.honest(n).and_then(|h| h.below_target_since).map_or(0, |s| self.now_us - s);
             if all_peers < target && short_us > PEER_RECOVERY_US {
                 let failure = LivenessFailure::TooFewPeers {
@@ -53,7 +52,9 @@ impl World {
         let keep: BTreeMap<usize, usize> = servers.iter().enumerate().map(|(i, n)| (*n, i)).collect();
         let well_behaved: Vec<Vec<usize>> =
             servers.iter().map(|n| graph[*n].iter().filter_map(|p| keep.get(p).copied()).collect()).collect();
-        if !is_connected(&well_behaved) {
+        let connected =
+            if self.config.lan > 0 { self.domains_connected(&servers, &graph) } else { is_connected(&well_behaved) };
+        if !connected {
             return fail(LivenessFailure::Disconnected, None);
         }
         Ok(())
@@ -148,7 +149,11 @@ impl World {
                 (degrees.iter().sum::<usize>() as f64 / degrees.len() as f64 * 100.0).round() / 100.0
             },
             peers_max: degrees.iter().copied().max().unwrap_or(0),
-            connected: is_connected(&graph),
+            connected: if self.config.lan > 0 {
+                self.domains_connected(&(0..self.honest).collect::<Vec<_>>(), &graph)
+            } else {
+                is_connected(&graph)
+            },
             messages: self.messages,
             bytes: self.bytes,
             handshake_latency: self.handshakes.percentiles(),
@@ -160,6 +165,7 @@ impl World {
             groups: self.groups_summary(),
             reconcile: self.reconcile_summary(),
             dht: self.dht_summary(),
+            lan: self.lan_summary(),
         }
     }
 }
@@ -203,7 +209,7 @@ impl std::fmt::Display for TraceEvent {
 }
 
 /// Names of the simulator's events, indexed by `Ev::tag`'s first element.
-pub(super) const EVENT_KINDS: [&str; 24] = [
+pub(super) const EVENT_KINDS: [&str; 26] = [
     "start",
     "timer",
     "connect",
@@ -228,6 +234,8 @@ pub(super) const EVENT_KINDS: [&str; 24] = [
     "decrypt_sweep",
     "vanish",
     "lookup",
+    "lan",
+    "want",
 ];
 
 /// The first event index at which two recorded traces differ.
