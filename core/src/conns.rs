@@ -130,6 +130,12 @@ impl Conns {
         self.table.iter().filter_map(|(id, c)| c.established().map(|e| (*id, c, e)))
     }
 
+    /// The established connection to `peer`, if any (the lowest id when the duplicate rule
+    /// has not settled two yet). A scan: connections number at most the configured limits.
+    pub fn established_to(&self, peer: &NodeId) -> Option<(ConnId, &Conn, &Established)> {
+        self.established().find(|(_, _, e)| e.node_id == *peer)
+    }
+
     /// Established peers' ids, in id order.
     pub fn peer_ids(&self) -> Vec<NodeId> {
         let mut ids: Vec<NodeId> = self.established().map(|(_, _, e)| e.node_id).collect();

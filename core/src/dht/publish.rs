@@ -54,7 +54,7 @@ impl Dht {
                 continue;
             }
             // Connected already: content hears of the holder now.
-            let conn = cx.conns.established().find(|(_, _, e)| e.node_id == p.node_id).map(|(c, _, _)| c);
+            let conn = cx.conns.established_to(&p.node_id).map(|(c, _, _)| c);
             if let Some(conn) = conn
                 && cx.conns.get(conn).is_some_and(|c| !c.transient)
             {
@@ -92,7 +92,7 @@ impl Dht {
             }
         }
         for (node, keys) in batches {
-            let conn = cx.conns.established().find(|(_, _, e)| e.node_id == node).map(|(c, _, _)| c);
+            let conn = cx.conns.established_to(&node).map(|(c, _, _)| c);
             let Some(conn) = conn else { continue };
             for chunk in keys.chunks(ADD_KEYS_MAX) {
                 let request = wrap(Request::AddProviders { keys: chunk.to_vec() });
