@@ -204,6 +204,10 @@ struct SimArgs {
     /// to a holder (summary `dht.wants`, `dht.wants_served`).
     #[arg(long, default_value_t = 0, value_name = "N")]
     wants: usize,
+    /// The last PCT percent of the nodes are Sybils: real nodes whose every DHT answer names
+    /// only Sybils (summary `dht.table_sybil_share`: their share of honest routing tables).
+    #[arg(long, default_value_t = 0, value_name = "PCT")]
+    sybils: u32,
 }
 
 fn parse_duration_ms(text: &str) -> Result<u64, String> {
@@ -378,6 +382,16 @@ fn sim(args: SimArgs) -> Result<()> {
         bail!("--wants asks for --content items (give --content N) and cannot be combined with --dead");
     }
     config.wants = args.wants;
+    if args.sybils > 50 {
+        bail!("--sybils {} is more than 50 percent of the nodes", args.sybils);
+    }
+    let others = args.content > 0 || args.catalogue > 0 || args.updates > 0 || args.wants > 0 || args.lan > 0;
+    if args.sybils > 0 && others {
+        bail!(
+            "--sybils measures the DHT; it cannot be combined with --content, --catalogue, --updates, --wants or --lan"
+        );
+    }
+    config.sybils_pct = args.sybils;
     if args.wants > 0 {
         config.node_config.replicate = mynet_core::config::Replicate::None;
     }

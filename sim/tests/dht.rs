@@ -63,3 +63,19 @@ fn an_operators_get_finds_an_unannounced_holder_through_provider_records() {
     assert_eq!((d.wants, d.wants_served), (10, 10), "{d:?}");
     assert!(d.want_time_max_ms < 10_000.0, "{d:?}");
 }
+
+/// Sybils (5% of the nodes, each in its own /24) run the real node but answer every DHT
+/// question with the Sybils closest to its key: honest lookups still find every honest node,
+/// and the Sybils hold about their share of honest routing tables, not more (a full bucket
+/// keeps its responsive entries; newcomers wait as replacements).
+#[test]
+fn sybils_answering_with_each_other_neither_break_lookups_nor_take_over_tables() {
+    let mut config = SimConfig::new(1, 300, 240_000);
+    config.lookups = 300;
+    config.sybils_pct = 5;
+    let summary = run(config).unwrap_or_else(|e| panic!("{e}"));
+    let d = &summary.dht;
+    assert_eq!((d.sybils, d.lookups, d.success_rate), (15, 300, 1.0), "{d:?}");
+    assert!(d.sybil_lies > 100, "the Sybils did answer: {d:?}");
+    assert!(d.table_sybil_share < 0.10, "{d:?}");
+}

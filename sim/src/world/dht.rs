@@ -65,6 +65,11 @@ pub struct DhtSummary {
     pub wants_served: u64,
     pub want_time_p50_ms: f64,
     pub want_time_max_ms: f64,
+    /// `--sybils`: how many, the DHT answers they falsified, and the share of the honest
+    /// nodes' routing-table entries they hold.
+    pub sybils: usize,
+    pub sybil_lies: u64,
+    pub table_sybil_share: f64,
 }
 
 fn percentile(sorted: &[u32], q: f64) -> u32 {
@@ -128,7 +133,7 @@ impl World {
         }
     }
 
-    fn dead(&self, n: usize) -> bool {
+    pub(super) fn dead(&self, n: usize) -> bool {
         self.lookups.dead.get(n).copied().unwrap_or(false)
     }
 
@@ -141,7 +146,7 @@ impl World {
     /// once, silently.
     pub(super) fn vanish(&mut self) {
         let count = (self.honest as u64 * u64::from(self.config.dead_pct) / 100) as usize;
-        let mut candidates: Vec<usize> = (1..self.honest).collect();
+        let mut candidates: Vec<usize> = (1..self.sybils.first).collect();
         let count = count.min(candidates.len());
         mynet_core::peers::partial_shuffle(&mut self.rng, &mut candidates, count);
         self.lookups.dead = vec![false; self.honest];
@@ -159,7 +164,8 @@ impl World {
 
     /// A lookup from a random running node to another.
     pub(super) fn lookup(&mut self) -> Result<(), SimError> {
-        let running: Vec<usize> = (0..self.honest).filter(|n| self.node(*n).is_some() && !self.dead(*n)).collect();
+        let running: Vec<usize> =
+            (0..self.sybils.first).filter(|n| self.node(*n).is_some() && !self.dead(*n)).collect();
         if running.len() < 2 {
             return Ok(());
         }
@@ -254,6 +260,9 @@ impl World {
                 .values()
                 .filter_map(|(at, done)| done.map(|d| (d - at) as f64 / 1000.0))
                 .fold(0.0, f64::max),
+            sybils: self.honest - self.sybils.first,
+            sybil_lies: self.sybils.lies,
+            table_sybil_share: self.table_sybil_share(),
         }
     }
 

@@ -12,6 +12,7 @@ mod nodes;
 mod reconcile;
 mod report;
 mod states;
+mod sybil;
 
 pub use content::{ContentFault, ContentSummary, SimItem};
 pub use lan::LanSummary;
@@ -93,6 +94,8 @@ pub struct SimConfig {
     /// Operator `get`s of added items at nodes not connected to the item's only holder
     /// (`--wants N`, with `--content`; nodes replicate `none`): provider records must find it.
     pub wants: usize,
+    /// Percent of the nodes that are Sybils lying in every DHT answer (`--sybils PCT`).
+    pub sybils_pct: u32,
     /// Broadcast domains of this many nodes, with no bootstrap list: LAN discovery only
     /// (`--lan SIZE`; 0: none, and LAN discovery is off).
     pub lan: usize,
@@ -120,6 +123,7 @@ impl SimConfig {
             dead_pct: 0,
             lan: 0,
             wants: 0,
+            sybils_pct: 0,
         }
     }
 
@@ -140,6 +144,7 @@ impl SimConfig {
             ("dead", self.dead_pct as usize),
             ("lan", self.lan),
             ("wants", self.wants),
+            ("sybils", self.sybils_pct as usize),
         ];
         for (flag, n) in flags {
             if n > 0 {
@@ -471,6 +476,7 @@ pub struct World {
     groups: states::Groups,
     lookups: dht::Lookups,
     lan: lan::LanCounts,
+    sybils: sybil::Sybils,
 }
 
 impl World {
@@ -482,10 +488,13 @@ impl World {
         let mut nodes = Vec::with_capacity(config.nodes);
         let mut by_addr = BTreeMap::new();
         let mut ip_users: BTreeMap<core::net::IpAddr, u16> = BTreeMap::new();
+        let sybils = (config.nodes * config.sybils_pct as usize / 100).min(config.nodes.saturating_sub(1));
+        let first_sybil = config.nodes - sybils;
         for index in 0..config.nodes {
             let identity = random_identity(&mut rng);
-            let mut addr = net::node_addr(index);
-            if index > 0 && chance(&mut rng, profile.shared_ip) {
+            let mut addr =
+                if index >= first_sybil { sybil::sybil_addr(index - first_sybil) } else { net::node_addr(index) };
+            if index > 0 && index < first_sybil && chance(&mut rng, profile.shared_ip) {
                 let other = net::node_addr((rng.next_u64() % index as u64) as usize).ip();
                 let users = ip_users.entry(other).or_insert(1);
                 if *users < 3 {
@@ -556,6 +565,7 @@ impl World {
             groups: states::Groups::default(),
             lookups: dht::Lookups::default(),
             lan: lan::LanCounts::default(),
+            sybils: sybil::Sybils { first: first_sybil, ..sybil::Sybils::default() },
         };
         world.schedule_faults();
         world
@@ -675,7 +685,12 @@ impl World {
             Ev::Timer { node, epoch } => self.timer(node, epoch),
             Ev::Connect { from, addr } => self.connect(from, addr),
             Ev::Secured { to, binding } => self.deliver_input(to, Input::Secured { conn: to.2, binding }),
-            Ev::Deliver { to, bytes } => self.deliver_input(to, Input::Received { conn: to.2, bytes }),
+            Ev::Deliver { to, bytes } => {
+                if self.is_sybil(to.0) {
+                    self.sybil_heard(to, &bytes);
+                }
+                self.deliver_input(to, Input::Received { conn: to.2, bytes })
+            }
             Ev::Closed { to, reason } => {
                 self.deliver_input(to, Input::Closed { conn: to.2, reason: reason.to_string() })
             }

@@ -16,7 +16,10 @@ impl World {
         match output {
             Output::Dial { conn, addr } => self.dial(self.end(n, conn), addr),
             Output::Accept { conn } => self.accept(self.end(n, conn)),
-            Output::Send { conn, bytes } => self.send(self.end(n, conn), bytes),
+            Output::Send { conn, bytes } => {
+                let bytes = if self.is_sybil(n) { self.sybil_rewrite(n, conn, bytes) } else { bytes };
+                self.send(self.end(n, conn), bytes)
+            }
             Output::Close { conn } => self.close(self.end(n, conn)),
             Output::Event(_) => {}
             Output::LanAnnounce { bytes } => self.lan_announce(n, bytes),
