@@ -191,6 +191,10 @@ struct SimArgs {
     /// settled (60% to 85% of the run); the summary's `dht` gives hops and times.
     #[arg(long, default_value_t = 0, value_name = "N")]
     lookups: usize,
+    /// Instead of `--lookups N`, every node looks up every other once, after faults heal:
+    /// "every honest node finds every other" checked exhaustively (n(n-1) lookups).
+    #[arg(long)]
+    all_pairs: bool,
     /// PCT percent of the nodes vanish silently at half time, before the lookups (no reset,
     /// no refusal: packets to them go nowhere).
     #[arg(long, default_value_t = 0, value_name = "PCT")]
@@ -370,6 +374,7 @@ fn sim(args: SimArgs) -> Result<()> {
         bail!("--dead measures lookups; it cannot be combined with --content, --catalogue or --updates");
     }
     config.lookups = args.lookups;
+    config.all_pairs = args.all_pairs;
     config.dead_pct = args.dead;
     let workloads = args.content > 0 || args.catalogue > 0 || args.updates > 0 || args.lookups > 0 || args.dead > 0;
     if args.lan > 0 && workloads {

@@ -31,6 +31,9 @@ pub(super) struct Lookups {
     /// `--wants`: (node, item) asked at, and when it completed.
     wants: BTreeMap<(usize, mynet_core::content::ContentId), (u64, Option<u64>)>,
     wants_skipped: u64,
+    /// `--all-pairs`: every (from, to) of the honest nodes, and those skipped (a node down).
+    pairs: Vec<(usize, usize)>,
+    skipped: u64,
 }
 
 /// The `dht` section of the summary.
@@ -65,6 +68,8 @@ pub struct DhtSummary {
     pub wants_served: u64,
     pub want_time_p50_ms: f64,
     pub want_time_max_ms: f64,
+    /// `--all-pairs`: lookups not made because a node was down at its turn.
+    pub lookups_skipped: u64,
     /// `--sybils`: how many, the DHT answers they falsified, and the share of the honest
     /// nodes' routing-table entries they hold.
     pub sybils: usize,
@@ -87,7 +92,12 @@ impl World {
         }
         let from = ((duration_us as f64 * LOOKUPS_FROM) as u64).max(self.config.heal_at_us());
         let to = ((duration_us as f64 * LOOKUPS_TO) as u64).max(from);
-        let n = self.config.lookups as u64;
+        if self.config.all_pairs {
+            let honest = self.sybils.first;
+            self.lookups.pairs =
+                (0..honest).flat_map(|a| (0..honest).filter(move |b| *b != a).map(move |b| (a, b))).collect();
+        }
+        let n = if self.config.all_pairs { self.lookups.pairs.len() } else { self.config.lookups } as u64;
         for k in 0..n {
             self.schedule(from + (to - from) * k / n.max(1), Ev::Lookup(k as usize));
         }
@@ -163,17 +173,27 @@ impl World {
     }
 
     /// A lookup from a random running node to another.
-    pub(super) fn lookup(&mut self) -> Result<(), SimError> {
-        let running: Vec<usize> =
-            (0..self.sybils.first).filter(|n| self.node(*n).is_some() && !self.dead(*n)).collect();
-        if running.len() < 2 {
-            return Ok(());
-        }
-        let from = running[(self.rng.next_u64() % running.len() as u64) as usize];
-        let mut to = from;
-        while to == from {
-            to = running[(self.rng.next_u64() % running.len() as u64) as usize];
-        }
+    pub(super) fn lookup(&mut self, k: usize) -> Result<(), SimError> {
+        let up = |w: &World, n: usize| w.node(n).is_some() && !w.dead(n);
+        let (from, to) = if let Some(&(from, to)) = self.lookups.pairs.get(k) {
+            // `--all-pairs`: a node down at its turn (a crash) is not looked up or from.
+            if !up(self, from) || !up(self, to) {
+                self.lookups.skipped += 1;
+                return Ok(());
+            }
+            (from, to)
+        } else {
+            let running: Vec<usize> = (0..self.sybils.first).filter(|n| up(self, *n)).collect();
+            if running.len() < 2 {
+                return Ok(());
+            }
+            let from = running[(self.rng.next_u64() % running.len() as u64) as usize];
+            let mut to = from;
+            while to == from {
+                to = running[(self.rng.next_u64() % running.len() as u64) as usize];
+            }
+            (from, to)
+        };
         let target = self.nodes[to].identity.node_id();
         self.lookups.asked += 1;
         self.lookups.targets.insert((from, target), self.now_us);
@@ -260,6 +280,7 @@ impl World {
                 .values()
                 .filter_map(|(at, done)| done.map(|d| (d - at) as f64 / 1000.0))
                 .fold(0.0, f64::max),
+            lookups_skipped: l.skipped,
             sybils: self.honest - self.sybils.first,
             sybil_lies: self.sybils.lies,
             table_sybil_share: self.table_sybil_share(),

@@ -94,6 +94,9 @@ pub struct SimConfig {
     /// Operator `get`s of added items at nodes not connected to the item's only holder
     /// (`--wants N`, with `--content`; nodes replicate `none`): provider records must find it.
     pub wants: usize,
+    /// Instead of `lookups` random ones, every honest node looks up every other once, after
+    /// faults heal (`--all-pairs`; n(n-1) lookups).
+    pub all_pairs: bool,
     /// Percent of the nodes that are Sybils lying in every DHT answer (`--sybils PCT`).
     pub sybils_pct: u32,
     /// Broadcast domains of this many nodes, with no bootstrap list: LAN discovery only
@@ -124,6 +127,7 @@ impl SimConfig {
             lan: 0,
             wants: 0,
             sybils_pct: 0,
+            all_pairs: false,
         }
     }
 
@@ -146,6 +150,9 @@ impl SimConfig {
             ("wants", self.wants),
             ("sybils", self.sybils_pct as usize),
         ];
+        if self.all_pairs {
+            content.push_str(" --all-pairs");
+        }
         for (flag, n) in flags {
             if n > 0 {
                 content.push_str(&format!(" --{flag} {n}"));
@@ -738,7 +745,7 @@ impl World {
                 self.vanish();
                 Ok(())
             }
-            Ev::Lookup(_) => self.lookup(),
+            Ev::Lookup(k) => self.lookup(k),
             Ev::LanDeliver { to, epoch, from, bytes } => self.lan_deliver(to, epoch, from, bytes),
             Ev::Want(_) => self.want(),
         }
