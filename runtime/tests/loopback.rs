@@ -218,6 +218,13 @@ fn init_status_config_and_api_token() {
     for field in ["node_id", "public_key", "listen_addr", "phase", "uptime_s", "peer_count", "peers"] {
         assert!(status.get(field).is_some(), "status lacks {field}: {status}");
     }
+    // What `mynet peers` reads (found_by per peer, the blacklist), the DHT, and LAN discovery,
+    // which is inactive on a loopback listen address. (The blacklist and dht were once absent
+    // from the JSON: `mynet peers` then showed no blacklist at all.)
+    assert!(status["blacklist"].is_array(), "{status}");
+    assert!(status["dht"]["table_size"].is_u64(), "{status}");
+    assert_eq!(status["lan"]["active"], false, "{status}");
+    assert_eq!(status["lan"]["interfaces"], json!([]), "{status}");
     assert_ne!(status["listen_addr"], "127.0.0.1:0", "the real bound address");
     #[cfg(unix)]
     {
