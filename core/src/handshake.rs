@@ -116,37 +116,40 @@ pub fn build_hello(
     timestamp_ms: u64,
     listen_addr: Option<SocketAddr>,
 ) -> Hello {
-    build_hello_as(identity, role, binding, network_id, version, timestamp_ms, listen_addr, false)
+    let params = HelloParams { network_id, version, timestamp_ms, listen_addr, contact: false };
+    build_hello_with(identity, role, binding, &params)
 }
 
 /// The feature an initiator names when the connection is a DHT contact (a lookup's question
 /// or an address check), not a regular peer: the responder then runs no other protocol on it.
 pub const CONTACT_FEATURE: &str = "dht_contact";
 
-/// [`build_hello`], naming [`CONTACT_FEATURE`] when `contact`.
-#[allow(clippy::too_many_arguments)]
-pub fn build_hello_as(
-    identity: &Identity,
-    role: Role,
-    binding: Binding,
-    network_id: &str,
-    version: &str,
-    timestamp_ms: u64,
-    listen_addr: Option<SocketAddr>,
-    contact: bool,
-) -> Hello {
+/// What a Hello says beside the signer's identity and the channel it is bound to.
+#[derive(Clone, Copy, Debug)]
+pub struct HelloParams<'a> {
+    pub network_id: &'a str,
+    pub version: &'a str,
+    /// Our wall clock, Unix milliseconds.
+    pub timestamp_ms: u64,
+    pub listen_addr: Option<SocketAddr>,
+    /// Name [`CONTACT_FEATURE`]: this connection is a DHT contact.
+    pub contact: bool,
+}
+
+/// [`build_hello`] with every field given.
+pub fn build_hello_with(identity: &Identity, role: Role, binding: Binding, params: &HelloParams<'_>) -> Hello {
     let mut features: Vec<String> = FEATURES.iter().map(|f| f.to_string()).collect();
-    if contact {
+    if params.contact {
         features.push(CONTACT_FEATURE.to_string());
     }
     let mut hello = Hello {
         node_id: identity.node_id(),
         public_key: identity.public_key(),
-        network_id: network_id.to_string(),
-        network_version: version.to_string(),
+        network_id: params.network_id.to_string(),
+        network_version: params.version.to_string(),
         features,
-        timestamp_ms,
-        listen_addr,
+        timestamp_ms: params.timestamp_ms,
+        listen_addr: params.listen_addr,
         signature: [0; 64],
     };
     hello.signature = identity.sign(&signed_bytes(&hello, role, binding));
@@ -272,8 +275,14 @@ pub(crate) fn handle_message(cx: &mut Cx<'_>, identity: &Identity, conn_id: Conn
 }
 
 fn own_hello(cx: &Cx<'_>, identity: &Identity, role: Role, binding: Binding, contact: bool) -> Hello {
-    let (cfg, listen) = (cx.config, cx.advertised_addr());
-    build_hello_as(identity, role, binding, &cfg.network_id, &cfg.protocol_version, cx.now.wall_ms, listen, contact)
+    let params = HelloParams {
+        network_id: &cx.config.network_id,
+        version: &cx.config.protocol_version,
+        timestamp_ms: cx.now.wall_ms,
+        listen_addr: cx.advertised_addr(),
+        contact,
+    };
+    build_hello_with(identity, role, binding, &params)
 }
 
 fn handle_hello(
