@@ -10,6 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
 use crate::datadir::DataDir;
+use crate::out::outln;
 
 /// How often `mynet get` looks at the transfer.
 const POLL: Duration = Duration::from_millis(200);
@@ -225,9 +226,9 @@ pub fn add(dir: &DataDir, file: &Path, json: bool, options: &AddOptions) -> Resu
         }
     }
     if json {
-        println!("{}", serde_json::json!({"id": added["id"], "size": added["size"], "pieces": added["pieces"]}));
+        outln!("{}", serde_json::json!({"id": added["id"], "size": added["size"], "pieces": added["pieces"]}));
     } else {
-        println!("{id}");
+        outln!("{id}");
     }
     Ok(())
 }
@@ -323,12 +324,12 @@ pub fn get(dir: &DataDir, id: &str, out: Option<PathBuf>, timeout: Duration, dec
 pub fn ls(dir: &DataDir, json: bool) -> Result<()> {
     let items = Api::new(dir)?.json("GET", "/content")?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        outln!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
-    println!("{:<64}  {:>12}  {:>13}  STATE", "ID", "SIZE", "PIECES");
+    outln!("{:<64}  {:>12}  {:>13}  STATE", "ID", "SIZE", "PIECES");
     for item in items.as_array().cloned().unwrap_or_default() {
-        println!(
+        outln!(
             "{:<64}  {:>12}  {:>13}  {}",
             item["id"].as_str().unwrap_or("?"),
             human(item["size"].as_u64().unwrap_or(0)),
@@ -350,13 +351,14 @@ pub fn rm(dir: &DataDir, id: &str) -> Result<()> {
 pub fn verify(dir: &DataDir, json: bool) -> Result<()> {
     let report = Api::new(dir)?.json("POST", "/verify")?;
     if json {
-        println!("{report}");
+        outln!("{report}");
     } else {
         let damaged = report["damaged"].as_array().map_or(0, Vec::len);
-        println!(
-            "{} items, {} pieces ({}) checked, {damaged} damaged",
-            report["items"],
-            report["pieces_checked"],
+        let count = |field: &str| report[field].as_u64().unwrap_or(0) as usize;
+        outln!(
+            "{}, {} ({}) checked, {damaged} damaged",
+            crate::out::plural(count("items"), "item", "items"),
+            crate::out::plural(count("pieces_checked"), "piece", "pieces"),
             human(report["bytes_checked"].as_u64().unwrap_or(0))
         );
     }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use crate::cli_content::Api;
 use crate::datadir::{DataDir, os_random_32};
+use crate::out::outln;
 
 /// A file sealed for `mynet add --encrypt`, waiting to be uploaded.
 pub struct Sealed {
@@ -177,7 +178,7 @@ pub fn key_add(dir: &DataDir, key_id: &str, from_file: Option<&Path>, valid_unti
     };
     registry.add(key_id, &key)?;
     publish_record(&api, key_id, valid_until_ms, false)?;
-    println!("key {key_id} added{}", valid_until.map_or(String::new(), |t| format!(", valid until {t}")));
+    outln!("key {key_id} added{}", valid_until.map_or(String::new(), |t| format!(", valid until {t}")));
     Ok(())
 }
 
@@ -222,12 +223,12 @@ pub fn key_ls(dir: &DataDir, json_out: bool) -> Result<()> {
         })
         .collect();
     if json_out {
-        println!("{}", Value::Array(rows));
+        outln!("{}", Value::Array(rows));
         return Ok(());
     }
-    println!("{:<32}  {:<5}  {:<10}  VALID UNTIL (ms)", "KEY ID", "HELD", "STATUS");
+    outln!("{:<32}  {:<5}  {:<10}  VALID UNTIL (ms)", "KEY ID", "HELD", "STATUS");
     for row in &rows {
-        println!(
+        outln!(
             "{:<32}  {:<5}  {:<10}  {}",
             row["key_id"].as_str().unwrap_or_default(),
             if row["held"] == true { "yes" } else { "no" },
@@ -235,7 +236,7 @@ pub fn key_ls(dir: &DataDir, json_out: bool) -> Result<()> {
             row["valid_until_ms"].as_u64().map_or("-".to_string(), |v| v.to_string()),
         );
     }
-    println!("{} {}", rows.len(), if rows.len() == 1 { "key" } else { "keys" });
+    outln!("{} {}", rows.len(), if rows.len() == 1 { "key" } else { "keys" });
     Ok(())
 }
 
@@ -248,8 +249,8 @@ pub fn key_rm(dir: &DataDir, key_id: &str, revoke: bool) -> Result<()> {
     }
     let removed = KeyRegistry::new(dir.root()).remove(key_id)?;
     match (removed, revoke) {
-        (true, _) => println!("key {key_id} removed{}", if revoke { " and revoked" } else { "" }),
-        (false, true) => println!("key {key_id} revoked (the registry did not hold it)"),
+        (true, _) => outln!("key {key_id} removed{}", if revoke { " and revoked" } else { "" }),
+        (false, true) => outln!("key {key_id} revoked (the registry did not hold it)"),
         (false, false) => bail!("the key registry holds no key {key_id:?}"),
     }
     Ok(())
@@ -261,17 +262,17 @@ pub fn group(dir: &DataDir, id: &str, json_out: bool) -> Result<()> {
     let api = Api::new(dir)?;
     let view = api.json("GET", &format!("/groups/{id}"))?;
     if json_out {
-        println!("{view}");
+        outln!("{view}");
         return Ok(());
     }
-    println!("group {}", view["root"].as_str().unwrap_or_default());
-    println!("{:<64}  {:<10}  {:<10}  {:<5}  FLAGS", "ITEM", "RELATION", "STATE", "HELD");
+    outln!("group {}", view["root"].as_str().unwrap_or_default());
+    outln!("{:<64}  {:<10}  {:<10}  {:<5}  FLAGS", "ITEM", "RELATION", "STATE", "HELD");
     let members = view["members"].as_array().cloned().unwrap_or_default();
     for m in &members {
         let flags: Vec<&str> =
             m["flags"].as_array().map(|f| f.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         let relation = if m["root"] == true { "root" } else { m["relation"].as_str().unwrap_or("-") };
-        println!(
+        outln!(
             "{:<64}  {:<10}  {:<10}  {:<5}  {}",
             m["id"].as_str().unwrap_or_default(),
             relation,
@@ -280,7 +281,7 @@ pub fn group(dir: &DataDir, id: &str, json_out: bool) -> Result<()> {
             if flags.is_empty() { "-".to_string() } else { flags.join(",") },
         );
     }
-    println!("{} {}", members.len(), if members.len() == 1 { "member" } else { "members" });
+    outln!("{} {}", members.len(), if members.len() == 1 { "member" } else { "members" });
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod driver;
 mod durability;
 mod lan;
 mod noise;
+mod out;
 mod replay;
 mod startup;
 mod transport;
@@ -22,6 +23,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::datadir::{DEFAULT_DATA_DIR, DataDir};
+use crate::out::outln;
 
 #[derive(Parser)]
 #[command(name = "mynet", version, about = "A node of MY Network: stores, verifies and replicates content")]
@@ -236,7 +238,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init => init(&dir),
         Command::Run => return run(dir),
-        Command::Status => api::get(&dir, "/status").map(|status| println!("{}", pretty(&status))),
+        Command::Status => api::get(&dir, "/status").map(|status| outln!("{}", pretty(&status))),
         Command::Peers => api::get(&dir, "/peers").map(|status| print_peers(&status)),
         Command::Add { file, json, encrypt, key_id, tags, group, relation } => {
             let options = cli_content::AddOptions { encrypt_with: key_id.filter(|_| encrypt), tags, group, relation };
@@ -290,7 +292,7 @@ fn pretty(value: &serde_json::Value) -> String {
 fn init(dir: &DataDir) -> Result<()> {
     let (identity, created) = dir.init()?;
     let root = std::fs::canonicalize(dir.root()).unwrap_or_else(|_| dir.root().to_path_buf());
-    println!(
+    outln!(
         "{}",
         json!({ "node_id": identity.node_id(), "public_key": identity.public_key(), "data_dir": root, "created": created })
     );
@@ -322,16 +324,16 @@ fn run(dir: DataDir) -> ExitCode {
 
 fn config_show(dir: &DataDir) -> Result<()> {
     let layered = dir.load_config()?;
-    println!("{}", pretty(&layered.config.provenance_json(&layered.sources)));
+    outln!("{}", pretty(&layered.config.provenance_json(&layered.sources)));
     Ok(())
 }
 
 fn print_peers(status: &serde_json::Value) {
     let peers = status["peers"].as_array().cloned().unwrap_or_default();
-    println!("{:<64}  {:<21}  {:<9}  {:>6}  {:<9}", "NODE ID", "ADDRESS", "DIRECTION", "UP(s)", "FOUND BY");
+    outln!("{:<64}  {:<21}  {:<9}  {:>6}  {:<9}", "NODE ID", "ADDRESS", "DIRECTION", "UP(s)", "FOUND BY");
     for peer in &peers {
         let bootstrap = if peer["bootstrap"].as_bool() == Some(true) { " (bootstrap)" } else { "" };
-        println!(
+        outln!(
             "{:<64}  {:<21}  {:<9}  {:>6}  {:<9}{bootstrap}",
             peer["node_id"].as_str().unwrap_or("?"),
             peer["address"].as_str().unwrap_or("?"),
@@ -340,12 +342,12 @@ fn print_peers(status: &serde_json::Value) {
             peer["found_by"].as_str().unwrap_or("-")
         );
     }
-    println!("{} peers", peers.len());
+    outln!("{}", out::plural(peers.len(), "peer", "peers"));
     let banned = status["blacklist"].as_array().cloned().unwrap_or_default();
     if !banned.is_empty() {
-        println!("\nBLACKLIST ({})", banned.len());
+        outln!("\nBLACKLIST ({})", banned.len());
         for b in &banned {
-            println!(
+            outln!(
                 "  {}  score {}  expires in {} s",
                 b["offender"].as_str().unwrap_or("?"),
                 b["score"].as_u64().unwrap_or(0),
@@ -441,10 +443,10 @@ fn sim(args: SimArgs) -> Result<()> {
                 dir.display()
             );
         }
-        println!("{}", json!({ "error": err.to_string(), "reproduce": command, "summary": world.summary() }));
+        outln!("{}", json!({ "error": err.to_string(), "reproduce": command, "summary": world.summary() }));
         bail!("{err}");
     }
-    println!("{}", serde_json::to_string(&world.summary())?);
+    outln!("{}", serde_json::to_string(&world.summary())?);
     Ok(())
 }
 
@@ -462,20 +464,20 @@ fn check_determinism(mut config: mynet_sim::SimConfig) -> Result<()> {
     let (sa, sb) = (a.summary(), b.summary());
     if let Some(i) = mynet_sim::first_divergence(a.trace_events(), b.trace_events()) {
         let show = |w: &mynet_sim::World| w.trace_events().get(i).map_or("(no event)".to_string(), |e| e.to_string());
-        println!(
+        outln!(
             "{}",
             json!({ "deterministic": false, "first_divergent_event": i, "run_a": show(&a), "run_b": show(&b), "reproduce": command })
         );
         bail!("nondeterminism: the two runs first differ at event {i}: {} vs {}", show(&a), show(&b));
     }
     if sa.trace_hash != sb.trace_hash || outcome_a != outcome_b {
-        println!(
+        outln!(
             "{}",
             json!({ "deterministic": false, "trace_hash_a": sa.trace_hash, "trace_hash_b": sb.trace_hash, "reproduce": command })
         );
         bail!("nondeterminism: same events but different final node states");
     }
-    println!(
+    outln!(
         "{}",
         json!({ "deterministic": true, "events": sa.events, "trace_hash": sa.trace_hash, "outcome": outcome_a.err(), "seed": sa.seed })
     );

@@ -242,3 +242,28 @@ fn init_status_config_and_api_token() {
     assert!(node.stop().success());
     assert!(!dir.join("api.addr").exists(), "api.addr removed on clean shutdown");
 }
+
+/// `mynet config show | head`: a reader that closes its end early ends the command quietly
+/// with success (it used to panic on the broken pipe).
+#[test]
+fn cli_output_survives_a_closed_pipe() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let dir = root.path().join("n");
+    assert!(mynet(&dir, &["init"]).status.success());
+    for args in [&["config", "show"][..], &["replay", "--events"][..]] {
+        let mut child = std::process::Command::new(common::bin())
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        // Close the read end before the command writes (it loads its config first).
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success() || !args.contains(&"show"), "{args:?}: {stderr}");
+    }
+}
