@@ -70,7 +70,7 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
     let (api_tx, api_rx) = mpsc::channel(64);
     let (store_tx, store_rx) = mpsc::unbounded_channel();
     let store = phase(Phase::Configuration, Store::open(&dir.store_path(), store_tx.clone()))?;
-    let transport = Transport::new(net_tx, Duration::from_millis(config.handshake_timeout_ms));
+    let transport = Transport::new(net_tx, Duration::from_millis(config.handshake_timeout_ms)).dial_from(listen_addr);
     let _listener_task = transport.spawn_listener(listener);
     let _api_task = tokio::spawn(api::serve(api_listener, token, api_tx, store.shared()));
 

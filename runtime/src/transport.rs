@@ -6,7 +6,7 @@
 //! driver returns it when it takes the event, so one busy peer cannot fill the shared queue
 //! ahead of the others, and a peer that sends faster than the node handles is slowed by TCP.
 
-use core::net::SocketAddr;
+use core::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,7 @@ use mynet_core::ConnId;
 use mynet_core::content::stream::{Part, Splitter, piece_hash};
 use mynet_core::handshake::Binding;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 
@@ -83,12 +83,32 @@ pub struct Transport {
     events: mpsc::Sender<NetEvent>,
     static_key: Arc<Vec<u8>>,
     handshake_timeout: Duration,
+    /// Dials leave from this address when the node listens on a specific one, so nodes on
+    /// distinct loopback addresses (127.0.0.x) count as distinct IPs at their peers.
+    source_ip: Option<IpAddr>,
 }
 
 impl Transport {
     /// A transport reporting to `events`.
     pub fn new(events: mpsc::Sender<NetEvent>, handshake_timeout: Duration) -> Transport {
-        Transport { events, static_key: Arc::new(noise::generate_static_key()), handshake_timeout }
+        Transport { events, static_key: Arc::new(noise::generate_static_key()), handshake_timeout, source_ip: None }
+    }
+
+    /// Dials bind to `listen`'s IP when it is a specific address (not `0.0.0.0` or `::`).
+    pub fn dial_from(mut self, listen: SocketAddr) -> Transport {
+        self.source_ip = Some(listen.ip()).filter(|ip| !ip.is_unspecified());
+        self
+    }
+
+    /// Connects to `addr`, from our listen address's IP when it is specific and of the same
+    /// family.
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let Some(ip) = self.source_ip.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) else {
+            return TcpStream::connect(addr).await;
+        };
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.bind(SocketAddr::new(ip, 0))?;
+        socket.connect(addr).await
     }
 
     /// Accepts connections forever, numbering them as inbound connection ids.
@@ -112,7 +132,7 @@ impl Transport {
     pub fn spawn_dial(&self, conn: ConnId, addr: SocketAddr) -> JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
-            let connect = tokio::time::timeout(this.handshake_timeout, TcpStream::connect(addr)).await;
+            let connect = tokio::time::timeout(this.handshake_timeout, this.connect(addr)).await;
             let stream = match connect {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(err)) => return this.closed(conn, format!("dial {addr}: {err}")).await,

@@ -267,3 +267,34 @@ fn cli_output_survives_a_closed_pipe() {
         assert!(out.status.success() || !args.contains(&"show"), "{args:?}: {stderr}");
     }
 }
+
+/// Nodes on distinct loopback addresses dial from them, so a bootstrap node counts them as
+/// distinct IPs: with `max_per_ip` 1 at the bootstrap node, two joiners on 127.0.0.2 and
+/// 127.0.0.3 both get in (their dials used to leave from 127.0.0.1, and the second was
+/// refused by the per-IP limit).
+#[test]
+fn dials_leave_from_the_listen_address() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let a_dir = root.path().join("a");
+    configure(&a_dir, json!({ "max_per_ip": 1 }), &[]);
+    let mut a = RunningNode::start(&a_dir);
+    a.wait_ready(READY);
+    let joiners: Vec<RunningNode> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| {
+            let dir = joiner(root.path(), &format!("j{i}"), &a, json!({ "listen_addr": format!("{ip}:0") }));
+            RunningNode::start(&dir)
+        })
+        .collect();
+    let status = a.wait_status(READY, |s| s["peer_count"] == 2);
+    let mut seen: Vec<String> = status["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| p["address"].as_str().unwrap_or("").to_string())
+        .collect();
+    seen.sort();
+    assert!(seen[0].starts_with("127.0.0.2:") && seen[1].starts_with("127.0.0.3:"), "{seen:?}");
+    drop(joiners);
+}
