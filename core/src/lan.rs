@@ -45,8 +45,10 @@ pub const ANSWER_MIN_MS: u64 = 1_000;
 /// Announcements examined per window; the rest are dropped unverified.
 pub const HEARD_PER_WINDOW: u32 = 200;
 pub const HEARD_WINDOW_MS: u64 = 10_000;
-/// Nodes remembered (newest timestamp and address each); the longest unheard is forgotten.
-pub const HEARD_NODES_MAX: usize = 256;
+/// Nodes remembered (newest timestamp and address each); the longest unheard is forgotten
+/// (and could then be replayed within `max_clock_skew_ms`: a replay names a key's owner at an
+/// address it used, which the handshake checks before anything else happens).
+pub const HEARD_NODES_MAX: usize = 1024;
 
 /// What goes on the wire after [`MAGIC`] (postcard).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +94,14 @@ impl Announcement {
         a
     }
 
+    /// Whether the id is its key's and the signature holds.
+    pub fn verify(&self) -> Result<(), Rejection> {
+        if NodeId::from_public_key(&self.public_key) != self.node_id {
+            return Err(Rejection::IdMismatch);
+        }
+        identity::verify(&self.public_key, &self.signed_bytes(), &self.signature).map_err(|_| Rejection::BadSignature)
+    }
+
     /// The datagram: [`MAGIC`] then the postcard encoding.
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
@@ -132,8 +142,10 @@ pub enum Rejection {
     BadSignature,
     #[error("timestamp too far from our clock")]
     ClockSkew,
-    #[error("not newer than one already heard")]
+    #[error("older than one already heard")]
     Replayed,
+    #[error("a copy of one already taken")]
+    Duplicate,
     #[error("blacklisted")]
     Banned,
     #[error("no address we can dial (a loopback address heard from another host, or IPv6 link-local)")]
@@ -155,8 +167,10 @@ pub struct LanStatus {
     pub active: bool,
     /// Announcements sent (each goes out on every interface).
     pub sent: u64,
-    /// Announcements heard (ours included, as multicast loops back).
+    /// Announcements heard (the driver drops our own, looped back by multicast).
     pub heard: u64,
+    /// Copies of an announcement already taken (it reached us on two interfaces or groups).
+    pub duplicates: u64,
     /// Announcements from other nodes that passed every check.
     pub accepted: u64,
     /// Nodes first learnt from an announcement.
@@ -174,7 +188,10 @@ pub struct LanStatus {
 /// The module's state.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Lan {
+    /// The next scheduled announcement (start, early repeats, then every interval).
     next: Option<Mono>,
+    /// An answer to a newcomer, apart from the schedule.
+    answer: Option<Mono>,
     /// Announcements since start (the early repeats).
     since_start: u32,
     last_sent: Option<Mono>,
@@ -196,16 +213,17 @@ impl Lan {
     pub fn start(&mut self, cx: &mut Cx<'_>, identity: &Identity) {
         self.status.active = reachable(cx);
         self.since_start = 0;
+        self.answer = None;
         self.next = self.status.active.then_some(cx.now.mono);
         self.handle_timeout(cx, identity);
     }
 
     pub fn on_shutdown(&mut self) {
-        self.next = None;
+        (self.next, self.answer) = (None, None);
     }
 
     pub fn poll_timeout(&self) -> Option<Mono> {
-        self.next
+        [self.next, self.answer].into_iter().flatten().min()
     }
 
     pub fn status(&self) -> LanStatus {
@@ -214,15 +232,21 @@ impl Lan {
 
     pub fn handle_timeout(&mut self, cx: &mut Cx<'_>, identity: &Identity) {
         let now = cx.now.mono;
-        if self.next.is_none_or(|at| at > now) {
+        let (scheduled, answer) = (self.next.is_some_and(|at| at <= now), self.answer.is_some_and(|at| at <= now));
+        if !scheduled && !answer {
             return;
         }
+        // Any announcement answers the newcomers waiting for one.
+        self.answer = None;
         let cfg = cx.config;
         let announcement =
             Announcement::build(identity, &cfg.network_id, &cfg.protocol_version, cfg.listen_addr, cx.now.wall_ms);
         cx.output(Output::LanAnnounce { bytes: announcement.encode() });
         self.status.sent += 1;
         self.last_sent = Some(now);
+        if !scheduled {
+            return;
+        }
         let after = EARLY_REPEATS_MS.get(self.since_start as usize).map_or(cfg.discovery_interval_ms, |at| {
             let previous = self.since_start.checked_sub(1).map_or(0, |i| EARLY_REPEATS_MS[i as usize]);
             at - previous
@@ -248,6 +272,7 @@ impl Lan {
         self.window_count += 1;
         match self.check(cx, from, bytes) {
             Ok(None) => {}
+            Err(Rejection::Duplicate) => self.status.duplicates += 1,
             Ok(Some(record)) => self.accept(cx, record, now),
             Err(why) => {
                 self.status.rejected += 1;
@@ -272,15 +297,14 @@ impl Lan {
         if !compatible {
             return Err(Rejection::Version);
         }
-        if NodeId::from_public_key(&a.public_key) != a.node_id {
-            return Err(Rejection::IdMismatch);
-        }
-        identity::verify(&a.public_key, &a.signed_bytes(), &a.signature).map_err(|_| Rejection::BadSignature)?;
+        a.verify()?;
         if a.timestamp_ms.abs_diff(cx.now.wall_ms) > cx.config.max_clock_skew_ms {
             return Err(Rejection::ClockSkew);
         }
-        if self.heard.get(&a.node_id).is_some_and(|h| h.timestamp_ms >= a.timestamp_ms) {
-            return Err(Rejection::Replayed);
+        match self.heard.get(&a.node_id).map(|h| h.timestamp_ms) {
+            Some(t) if t == a.timestamp_ms => return Err(Rejection::Duplicate),
+            Some(t) if t > a.timestamp_ms => return Err(Rejection::Replayed),
+            _ => {}
         }
         if cx.penalties.is_banned(&Offender::Node(a.node_id), cx.now.mono) {
             return Err(Rejection::Banned);
@@ -303,7 +327,9 @@ impl Lan {
             cx.event(Event::LanPeer { node: record.node_id, addr: record.address });
             // Answer the newcomer soon, at most once per ANSWER_MIN_MS.
             let earliest = self.last_sent.map_or(now, |at| at.plus_ms(ANSWER_MIN_MS).max(now));
-            self.next = self.next.map(|next| next.min(earliest));
+            if self.next.is_some() {
+                self.answer = Some(self.answer.map_or(earliest, |a| a.min(earliest)));
+            }
         }
         if new || previous.is_some_and(|p| p.addr != record.address) {
             cx.defer(Deferred::Discovered(vec![record], Found::Lan));
@@ -313,10 +339,15 @@ impl Lan {
 
 /// Where to dial the sender of an announcement heard from `from`: its listen address, or the
 /// datagram's source IP when it listens on every address. A loopback address heard from
-/// another host is not the sender's; an IPv6 link-local source needs a scope the log does not
-/// keep.
+/// another host is not the sender's; an IPv6 link-local address (announced or as the source)
+/// needs a scope the log does not keep.
 pub fn dial_addr(listen: SocketAddr, from: SocketAddr) -> Option<SocketAddr> {
     let ip = listen.ip();
+    if let IpAddr::V6(v6) = ip
+        && v6.is_unicast_link_local()
+    {
+        return None;
+    }
     if !ip.is_unspecified() {
         return (!ip.is_loopback() || from.ip().is_loopback()).then_some(listen);
     }
@@ -347,6 +378,7 @@ mod tests {
         assert_eq!(dial_addr(addr("0.0.0.0:7401"), addr("[fd00::2]:45000")), None, "IPv4 only");
         assert_eq!(dial_addr(addr("[::]:7401"), addr("[fe80::1]:45000")), None, "link-local needs a scope");
         assert_eq!(dial_addr(addr("[::]:7401"), addr("[fd00::2]:45000")), Some(addr("[fd00::2]:7401")));
+        assert_eq!(dial_addr(addr("[fe80::2]:7401"), addr("[fd00::2]:45000")), None, "announced link-local");
     }
 
     #[test]

@@ -147,12 +147,42 @@ fn bad_announcements_are_refused_counted_and_never_dialled() {
     // Our own, looped back by multicast: ignored, not refused.
     let own = Announcement::build(&peer(1), "mynet-dev", mynet_core::PROTOCOL_VERSION, config().listen_addr, WALL);
     heard(&mut node, 100, "10.0.0.1:5000", own.encode());
-    // The good one is taken; the same bytes again are a replay.
+    // The good one is taken; the same bytes again (a second interface, the other group) are
+    // a duplicate, not a refusal; an older one is a replay.
     assert_eq!(dials(&heard(&mut node, 100, "10.0.0.2:5000", good.clone())).len(), 1);
     heard(&mut node, 100, "10.0.0.2:5000", good);
     let lan = node.status(at(100)).lan;
-    assert_eq!((lan.heard, lan.accepted, lan.rejected), (9, 1, 7));
-    assert!(lan.last_rejection.unwrap_or_default().contains("not newer"));
+    assert_eq!((lan.heard, lan.accepted, lan.rejected, lan.duplicates), (9, 1, 6, 1));
+    heard(&mut node, 100, "10.0.0.2:5000", announce(&other, "0.0.0.0:7402", WALL + 99));
+    let lan = node.status(at(100)).lan;
+    assert_eq!(lan.rejected, 7);
+    assert!(lan.last_rejection.unwrap_or_default().contains("older than"));
+    // Announced link-local IPv6: no scope survives the log, so it is not dialled.
+    let link_local = announce(&peer(3), "[fe80::3]:7401", WALL + 100);
+    assert!(dials(&heard(&mut node, 100, "[fd00::3]:5000", link_local)).is_empty());
+}
+
+#[test]
+fn an_answer_to_a_newcomer_does_not_replace_the_early_repeats() {
+    let (mut node, _) = lan_node(config());
+    let mut times = Vec::new();
+    let mut heard_newcomer = false;
+    while let Some((at_mono, _)) = node.poll_timeout() {
+        let now = at_mono.0 / 1000;
+        if now > 70_000 {
+            break;
+        }
+        if now >= 1_500 && !heard_newcomer {
+            heard_newcomer = true;
+            heard(&mut node, 1_500, "10.0.0.2:5000", announce(&peer(2), "0.0.0.0:7402", WALL + 1_500));
+            continue;
+        }
+        node.handle(mynet_core::Time::new(at_mono.0, WALL + now), Input::Tick);
+        if !announcements(&drain(&mut node)).is_empty() {
+            times.push(now);
+        }
+    }
+    assert_eq!(times, vec![1_000, 2_000, 3_000, 63_000], "the answer at 2 s, one second after the last");
 }
 
 #[test]
@@ -166,7 +196,22 @@ fn a_flood_of_announcements_is_dropped_unread_past_the_window() {
     let lan = node.status(at(100)).lan;
     assert_eq!((lan.accepted, lan.rate_limited), (u64::from(HEARD_PER_WINDOW), 50));
     assert!(lan.nodes as usize <= mynet_core::lan::HEARD_NODES_MAX);
+    // Past HEARD_NODES_MAX nodes, the longest unheard are forgotten.
+    for w in 1..=6u64 {
+        for i in 0..HEARD_PER_WINDOW {
+            let secret: [u8; 32] =
+                [(i % 250) as u8 + 2, (i / 250) as u8 + 1, w as u8, 7].repeat(8).try_into().expect("32");
+            let at_ms = 100 + w * 10_000;
+            heard(
+                &mut node,
+                at_ms,
+                "10.0.0.2:5000",
+                announce(&Identity::from_secret_bytes(&secret), "0.0.0.0:7402", WALL + at_ms),
+            );
+        }
+    }
+    assert_eq!(node.status(at(60_100)).lan.nodes as usize, mynet_core::lan::HEARD_NODES_MAX);
     // The next window examines announcements again.
-    heard(&mut node, 10_200, "10.0.0.3:5000", announce(&peer(3), "0.0.0.0:7402", WALL + 10_200));
-    assert_eq!(node.status(at(10_200)).lan.accepted, u64::from(HEARD_PER_WINDOW) + 1);
+    heard(&mut node, 70_200, "10.0.0.3:5000", announce(&peer(3), "0.0.0.0:7402", WALL + 70_200));
+    assert_eq!(node.status(at(70_200)).lan.accepted, 7 * u64::from(HEARD_PER_WINDOW) + 1);
 }

@@ -653,7 +653,8 @@ impl Driver {
         let mut lan = serde_json::to_value(node).unwrap_or_default();
         let sockets = self.lan.as_ref().map(crate::lan::Lan::state);
         if let (Some(map), Some(sockets)) = (lan.as_object_mut(), sockets) {
-            map.insert("active".into(), json!(node.active));
+            // Active only if some interface was joined: a node whose sockets failed says so.
+            map.insert("active".into(), json!(node.active && !sockets.interfaces.is_empty()));
             if let Ok(serde_json::Value::Object(more)) = serde_json::to_value(sockets) {
                 map.extend(more);
             }

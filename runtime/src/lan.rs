@@ -12,19 +12,23 @@
 //! datagram's source IP when the sender listens on every address; an IPv6 link-local source
 //! is not dialled (its scope would not survive the event log), so IPv6-only LANs need a
 //! listen address that is routable (ULA or global). Interfaces are looked at again every
-//! [`RESCAN`], so one that comes up later is joined.
+//! [`RESCAN`], so one that comes up later (or gets its address late) is joined and given
+//! the last announcement at once.
 //!
-//! What reaches the node is bounded before it is journaled: datagrams that are too large or
-//! lack the magic, and our own announcements looped back, are dropped here; the rest pass a
-//! token bucket of [`HEARD_PER_SECOND`] (burst [`HEARD_BURST`]). Sends and receives that fail
-//! are counted with the last error, for status `lan`.
+//! What reaches the node is bounded before it is journaled: our own announcements looped
+//! back, datagrams that do not decode, belong to another network or fail their signature are
+//! dropped here; the rest pass a token bucket per source host ([`SOURCE_PER_SECOND`], burst
+//! [`SOURCE_BURST`]) and one for all ([`HEARD_PER_SECOND`], burst [`HEARD_BURST`]), so one
+//! host cannot use up everyone's share. The IPv4 socket is bound to the group address, so
+//! unicast to the port is not received. Sends and receives that fail are counted with the
+//! last error, for status `lan`.
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mynet_core::lan::{ANNOUNCE_MAX_BYTES, Announcement, MAGIC};
+use mynet_core::lan::{ANNOUNCE_MAX_BYTES, Announcement};
 use mynet_core::{Input, NodeId};
 use nix::net::if_::InterfaceFlags;
 use serde::Serialize;
@@ -39,10 +43,17 @@ pub const GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0x6d79, 0x6e
 /// The UDP port of both groups.
 pub const LAN_PORT: u16 = 7399;
 /// How often interfaces are enumerated again.
-pub const RESCAN: Duration = Duration::from_secs(30);
+pub const RESCAN: Duration = Duration::from_secs(10);
+/// An interface joined after start-up gets the last announcement at once if it is this
+/// recent (the receivers' clock-skew check), else the next scheduled one.
+const RESEND_FRESH: Duration = Duration::from_secs(30);
 /// Announcements handed to the node per second, and the burst allowed.
 pub const HEARD_PER_SECOND: f64 = 20.0;
 pub const HEARD_BURST: f64 = 100.0;
+/// Announcements one source may hand the node per second, and its burst; sources tracked.
+pub const SOURCE_PER_SECOND: f64 = 2.0;
+pub const SOURCE_BURST: f64 = 10.0;
+const SOURCES_MAX: usize = 256;
 /// Announcements waiting to be sent.
 const OUTGOING_MAX: usize = 8;
 /// Interfaces used at once.
@@ -99,9 +110,11 @@ pub struct LanState {
     pub skipped: Vec<String>,
     /// Datagrams sent (one per interface and family per announcement).
     pub datagrams_sent: u64,
-    /// Datagrams dropped before the node: not announcements, or over the rate (our own,
-    /// looped back, are dropped uncounted).
+    /// Datagrams dropped before the node: not a valid announcement of our network, or over
+    /// a rate (their source's or everyone's). Our own, looped back, are dropped uncounted.
     pub dropped: u64,
+    /// Our announcements dropped because the sockets were behind.
+    pub send_dropped: u64,
     /// Socket errors (bind, join, send, receive).
     pub errors: u64,
     pub last_error: Option<String>,
@@ -126,7 +139,7 @@ impl Lan {
     /// Hands an announcement to the sockets (dropped when they are behind).
     pub fn announce(&self, bytes: Vec<u8>) {
         if self.outgoing.try_send(bytes).is_err() {
-            self.with_state(|s| s.dropped += 1);
+            self.with_state(|s| s.send_dropped += 1);
         }
     }
 
@@ -147,7 +160,7 @@ impl Lan {
 pub fn spawn(
     listen: SocketAddr,
     names: Vec<String>,
-    our_id: NodeId,
+    (our_id, network_id): (NodeId, String),
     inputs: mpsc::UnboundedSender<Input>,
 ) -> Option<Lan> {
     if listen.ip().is_loopback() || listen.port() == 0 {
@@ -164,8 +177,12 @@ pub fn spawn(
         v4: None,
         v6: None,
         joined: BTreeMap::new(),
+        seen: BTreeMap::new(),
+        sources: BTreeMap::new(),
+        network_id,
         bucket: HEARD_BURST,
         refilled: Instant::now(),
+        last: None,
     };
     tokio::spawn(task.run(rx));
     Some(Lan { state, outgoing })
@@ -179,10 +196,17 @@ struct Task {
     state: Arc<Mutex<LanState>>,
     v4: Option<UdpSocket>,
     v6: Option<UdpSocket>,
-    /// Interfaces joined, by name.
+    /// Interfaces joined, by name (with the families that joined), and as they were seen
+    /// when joined (a change means leave and join again).
     joined: BTreeMap<String, LanInterface>,
+    seen: BTreeMap<String, LanInterface>,
+    /// Per-source token buckets (the busiest host cannot use up everyone's share).
+    sources: BTreeMap<IpAddr, (f64, Instant)>,
+    network_id: String,
     bucket: f64,
     refilled: Instant,
+    /// The last announcement and when it was handed to us.
+    last: Option<(Vec<u8>, Instant)>,
 }
 
 impl Task {
@@ -196,12 +220,21 @@ impl Task {
         loop {
             tokio::select! {
                 bytes = outgoing.recv() => match bytes {
-                    Some(bytes) => self.send(&bytes).await,
+                    Some(bytes) => {
+                        self.send(&bytes, None).await;
+                        self.last = Some((bytes, Instant::now()));
+                    }
                     None => return,
                 },
                 got = recv(self.v4.as_ref(), &mut buf4) => self.heard(got, &buf4),
                 got = recv(self.v6.as_ref(), &mut buf6) => self.heard(got, &buf6),
-                _ = rescan.tick() => self.rescan(),
+                _ = rescan.tick() => {
+                    let joined = self.rescan();
+                    let last = self.last.clone().filter(|(_, at)| at.elapsed() < RESEND_FRESH);
+                    if let (false, Some((bytes, _))) = (joined.is_empty(), last) {
+                        self.send(&bytes, Some(&joined)).await;
+                    }
+                }
             }
         }
     }
@@ -216,27 +249,45 @@ impl Task {
         }
     }
 
-    /// Joins the groups on interfaces that appeared; forgets those that went.
-    fn rescan(&mut self) {
+    /// Joins the groups on interfaces that appeared or changed (an address arriving after
+    /// start-up, a new index after the interface was re-created); leaves them on interfaces
+    /// that went (down, removed) or changed, so a later join is not refused as a duplicate.
+    /// Returns the interfaces newly joined.
+    fn rescan(&mut self) -> Vec<String> {
         let (chosen, skipped) = match interfaces(&self.names, self.listen.ip()) {
             Ok(found) => found,
-            Err(e) => return self.error(format!("cannot list interfaces: {e}")),
+            Err(e) => {
+                self.error(format!("cannot list interfaces: {e}"));
+                return Vec::new();
+            }
         };
-        self.joined.retain(|name, _| chosen.iter().any(|c| &c.name == name));
+        let mut joined = Vec::new();
+        let stale: Vec<LanInterface> = self
+            .joined
+            .iter()
+            .filter(|(name, _)| !chosen.iter().any(|c| Some(c) == self.seen.get(*name)))
+            .map(|(_, used)| used.clone())
+            .collect();
+        for used in stale {
+            self.leave(&used);
+            self.joined.remove(&used.name);
+            self.seen.remove(&used.name);
+        }
         for iface in chosen {
             if self.joined.contains_key(&iface.name) {
                 continue;
             }
+            self.seen.insert(iface.name.clone(), iface.clone());
             let mut used = iface.clone();
             if let (Some(v4), Some(addr)) = (&self.v4, iface.ipv4)
-                && let Err(e) = v4.join_multicast_v4(GROUP_V4, addr)
+                && let Err(e) = v4.join_multicast_v4(GROUP_V4, addr).or_else(already_joined)
             {
                 self.error(format!("joining {GROUP_V4} on {}: {e}", iface.name));
                 used.ipv4 = None;
             }
             if let Some(v6) = &self.v6
                 && iface.ipv6
-                && let Err(e) = v6.join_multicast_v6(&GROUP_V6, iface.index)
+                && let Err(e) = v6.join_multicast_v6(&GROUP_V6, iface.index).or_else(already_joined)
             {
                 self.error(format!("joining {GROUP_V6} on {}: {e}", iface.name));
                 used.ipv6 = false;
@@ -249,6 +300,7 @@ impl Task {
             }
             if used.ipv4.is_some() || used.ipv6 {
                 tracing::info!("LAN discovery on {} ({:?}, IPv6 {})", used.name, used.ipv4, used.ipv6);
+                joined.push(used.name.clone());
                 self.joined.insert(used.name.clone(), used);
             }
         }
@@ -256,15 +308,30 @@ impl Task {
             s.interfaces = self.joined.values().cloned().collect();
             s.skipped = skipped;
         }
+        joined
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    /// Leaves the groups on an interface no longer used (errors are expected when it is gone).
+    fn leave(&self, used: &LanInterface) {
+        if let (Some(v4), Some(addr)) = (&self.v4, used.ipv4) {
+            let _ = v4.leave_multicast_v4(GROUP_V4, addr);
+        }
+        if let (Some(v6), true) = (&self.v6, used.ipv6) {
+            let _ = v6.leave_multicast_v6(&GROUP_V6, used.index);
+        }
+        tracing::info!("LAN discovery no longer on {}", used.name);
+    }
+
+    /// Sends on every joined interface, or on those named in `only`.
+    async fn send(&mut self, bytes: &[u8], only: Option<&[String]>) {
+        // A node listening on `[::]` announces on IPv4 only: an IPv6 copy to ff02:: leaves
+        // from a link-local address, which receivers cannot dial.
         let (send_v4, send_v6) = match self.listen.ip() {
             IpAddr::V4(_) => (true, false),
-            IpAddr::V6(v6) => (v6.is_unspecified(), true),
+            IpAddr::V6(v6) => (v6.is_unspecified(), !v6.is_unspecified()),
         };
         let mut sent = 0;
-        for iface in self.joined.values() {
+        for iface in self.joined.values().filter(|i| only.is_none_or(|names| names.contains(&i.name))) {
             if let (Some(v4), Some(addr), true) = (&self.v4, iface.ipv4, send_v4) {
                 let result = socket2::SockRef::from(v4).set_multicast_if_v4(&addr);
                 match result.map(|_| v4.send_to(bytes, SocketAddrV4::new(GROUP_V4, LAN_PORT))) {
@@ -298,22 +365,32 @@ impl Task {
             Err(e) => return self.error(format!("receiving: {e}")),
         };
         let bytes = &buf[..len];
-        // Ours (looped back), strays and oversized datagrams never reach the log.
-        let ours = Announcement::decode(bytes).is_ok_and(|a| a.node_id == self.our_id);
-        let stray = len > ANNOUNCE_MAX_BYTES || !bytes.starts_with(&MAGIC);
+        // Ours (looped back), strays, other networks and forgeries never reach the log; the
+        // node checks again what does (replay needs it to).
+        let decoded = if len > ANNOUNCE_MAX_BYTES { None } else { Announcement::decode(bytes).ok() };
+        if decoded.as_ref().is_some_and(|a| a.node_id == self.our_id) {
+            return;
+        }
+        let valid = decoded.is_some_and(|a| a.network_id == self.network_id && a.verify().is_ok());
+        // Each source its own bucket, then one for all.
         let now = Instant::now();
+        if self.sources.len() >= SOURCES_MAX && !self.sources.contains_key(&from.ip()) {
+            let oldest = self.sources.iter().min_by_key(|(_, (_, at))| *at).map(|(ip, _)| *ip);
+            self.sources.retain(|ip, _| Some(*ip) != oldest);
+        }
+        let source = self.sources.entry(from.ip()).or_insert((SOURCE_BURST, now));
+        source.0 = (source.0 + now.duration_since(source.1).as_secs_f64() * SOURCE_PER_SECOND).min(SOURCE_BURST);
+        source.1 = now;
         self.bucket =
             (self.bucket + now.duration_since(self.refilled).as_secs_f64() * HEARD_PER_SECOND).min(HEARD_BURST);
         self.refilled = now;
-        if ours {
-            return;
-        }
-        if stray || self.bucket < 1.0 {
+        if !valid || source.0 < 1.0 || self.bucket < 1.0 {
             if let Ok(mut s) = self.state.lock() {
                 s.dropped += 1;
             }
             return;
         }
+        source.0 -= 1.0;
         self.bucket -= 1.0;
         let _ = self.inputs.send(Input::LanHeard { from, bytes: bytes.to_vec() });
     }
@@ -339,8 +416,15 @@ fn shared_socket(domain: Domain, bind: SocketAddr) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
+/// A join refused because the membership exists (the socket kept it across a link flap).
+fn already_joined(err: std::io::Error) -> std::io::Result<()> {
+    if err.kind() == std::io::ErrorKind::AddrInUse { Ok(()) } else { Err(err) }
+}
+
+/// Bound to the group address, not the wildcard: unicast to the port (from anywhere, spoofed
+/// or not) is not received.
 fn open_v4() -> std::io::Result<UdpSocket> {
-    let socket = shared_socket(Domain::IPV4, SocketAddr::from((Ipv4Addr::UNSPECIFIED, LAN_PORT)))?;
+    let socket = shared_socket(Domain::IPV4, SocketAddr::from((GROUP_V4, LAN_PORT)))?;
     socket.set_multicast_loop_v4(true)?;
     socket.set_multicast_ttl_v4(1)?;
     UdpSocket::from_std(socket.into())

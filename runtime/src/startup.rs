@@ -75,7 +75,8 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
     let _api_task = tokio::spawn(api::serve(api_listener, token, api_tx, store.shared()));
 
     let lan = if config.lan_discovery {
-        crate::lan::spawn(listen_addr, config.lan_interfaces.clone(), identity.node_id(), store_tx.clone())
+        let us = (identity.node_id(), config.network_id.clone());
+        crate::lan::spawn(listen_addr, config.lan_interfaces.clone(), us, store_tx.clone())
     } else {
         None
     };

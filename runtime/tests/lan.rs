@@ -39,8 +39,8 @@ impl Drop for Lan {
 
 impl Lan {
     /// A hub namespace with a bridge, and `n` host namespaces each with `eth0` on the bridge,
-    /// 10.77.0.(i+1)/24 and fd77::(i+1)/64.
-    fn build(n: usize) -> Result<Lan, String> {
+    /// 10.77.0.(i+1)/24 and fd77::(i+1)/64; hosts from `late` on get no address yet.
+    fn build(n: usize, late: usize) -> Result<Lan, String> {
         let tag = std::process::id() % 100_000;
         let hub = format!("mynl{tag}h");
         let mut lan = Lan { namespaces: vec![hub.clone()] };
@@ -55,11 +55,19 @@ impl Lan {
             ip(&["-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
             ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("10.77.0.{}/24", i + 1), "dev", "eth0"])?;
-            ip(&["-n", &ns, "addr", "add", &format!("fd77::{}/64", i + 1), "dev", "eth0", "nodad"])?;
             ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            if i < late {
+                lan.address(i)?;
+            }
         }
         Ok(lan)
+    }
+
+    /// Gives host `i` its addresses.
+    fn address(&self, i: usize) -> Result<(), String> {
+        let ns = self.host(i);
+        ip(&["-n", ns, "addr", "add", &format!("10.77.0.{}/24", i + 1), "dev", "eth0"])?;
+        ip(&["-n", ns, "addr", "add", &format!("fd77::{}/64", i + 1), "dev", "eth0", "nodad"])
     }
 
     fn host(&self, i: usize) -> &str {
@@ -74,7 +82,7 @@ impl Lan {
 /// node connects to both others, and status and `mynet peers` say they were found on the LAN.
 #[test]
 fn nodes_on_one_lan_with_no_bootstrap_list_find_each_other() {
-    let lan = match Lan::build(3) {
+    let lan = match Lan::build(4, 3) {
         Ok(lan) => lan,
         Err(why) => {
             eprintln!("SKIPPED: cannot create network namespaces here (needs root and iproute2): {why}");
@@ -123,6 +131,18 @@ fn nodes_on_one_lan_with_no_bootstrap_list_find_each_other() {
         .collect();
     assert!(tables.iter().all(|t| t.contains("FOUND BY") && t.contains("2 peers")), "{tables:?}");
     assert!(tables.iter().any(|t| t.contains(" lan ")), "{tables:?}");
+    // A fourth host whose interface gets its IPv4 address only after the node started (a
+    // node up before DHCP): the interface is joined again when its address appears, given
+    // the last announcement, and the others answer.
+    let dir = root.path().join("n3");
+    configure(&dir, json!({ "listen_addr": "0.0.0.0:7401", "lan_interfaces": ["eth0"] }), &[]);
+    let mut late = RunningNode::start_in(&dir, Some(lan.host(3)));
+    late.wait_ready(FOUND);
+    std::thread::sleep(Duration::from_secs(2));
+    lan.address(3).expect("address the late host");
+    let status = late.wait_status(FOUND, |s| s["peer_count"] == 3);
+    assert_eq!(status["lan"]["interfaces"][0]["ipv4"], "10.77.0.4", "{}", status["lan"]);
+    nodes.push(late);
     for node in &mut nodes {
         assert!(node.stop().success(), "clean exit; log:\n{}", node.log_text());
     }
