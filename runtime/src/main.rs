@@ -8,6 +8,7 @@ mod content;
 mod datadir;
 mod driver;
 mod durability;
+mod invite;
 mod lan;
 mod noise;
 mod out;
@@ -38,7 +39,27 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Create the data dir, key and default configs if absent; print the identity as JSON.
-    Init,
+    Init {
+        /// Join the network of this peer address (from `mynet invite`): put it into
+        /// `bootstrap.json`.
+        #[arg(long, value_name = "ADDRESS")]
+        join: Option<String>,
+    },
+    /// Print this node's peer address, one line another node joins with (`mynet init --join`,
+    /// `mynet bootstrap add`).
+    Invite {
+        /// The address peers dial, when the node listens on every address (0.0.0.0, [::]).
+        #[arg(long, value_name = "IP:PORT")]
+        address: Option<std::net::SocketAddr>,
+        /// Print `{"invite","node_id","address","network_id"}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Edit the bootstrap list.
+    Bootstrap {
+        #[command(subcommand)]
+        command: BootstrapCommand,
+    },
     /// Run a node in the foreground until SIGINT/SIGTERM.
     Run,
     /// Print the running node's status as JSON.
@@ -141,6 +162,18 @@ enum KeyCommand {
 }
 
 #[derive(Subcommand)]
+enum BootstrapCommand {
+    /// Check a peer address (from `mynet invite`) and add it to `bootstrap.json`; a node with
+    /// no bootstrap nodes yet joins the address's network.
+    Add {
+        address: String,
+        /// Print `{"result","node_id","address","bootstrap_nodes"}`.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the merged config, each value with the layer it came from.
     Show,
@@ -236,7 +269,11 @@ fn main() -> ExitCode {
     init_tracing(matches!(cli.command, Command::Run));
     let dir = DataDir::new(cli.data_dir);
     let result = match cli.command {
-        Command::Init => init(&dir),
+        Command::Init { join } => init(&dir, join.as_deref()),
+        Command::Invite { address, json } => invite::invite(&dir, address, json),
+        Command::Bootstrap { command: BootstrapCommand::Add { address, json } } => {
+            invite::bootstrap_add(&dir, &address, json)
+        }
         Command::Run => return run(dir),
         Command::Status => api::get(&dir, "/status").map(|status| outln!("{}", pretty(&status))),
         Command::Peers => api::get(&dir, "/peers").map(|status| print_peers(&status)),
@@ -289,8 +326,15 @@ fn pretty(value: &serde_json::Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
 }
 
-fn init(dir: &DataDir) -> Result<()> {
+fn init(dir: &DataDir, join: Option<&str>) -> Result<()> {
+    // A bad address fails before anything is created.
+    if let Some(address) = join {
+        address.parse::<invite::Invite>()?;
+    }
     let (identity, created) = dir.init()?;
+    if let Some(address) = join {
+        invite::bootstrap_add(dir, address, false)?;
+    }
     let root = std::fs::canonicalize(dir.root()).unwrap_or_else(|_| dir.root().to_path_buf());
     outln!(
         "{}",

@@ -298,3 +298,41 @@ fn dials_leave_from_the_listen_address() {
     assert!(seen[0].starts_with("127.0.0.2:") && seen[1].starts_with("127.0.0.3:"), "{seen:?}");
     drop(joiners);
 }
+
+/// Joining is one line: `mynet invite` on a running node, `mynet init --join` on a new one,
+/// which then connects; `mynet bootstrap add` refuses bad addresses and other networks
+/// without touching the file, and lists a node once.
+#[test]
+fn joining_is_one_line() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let a = first_node(root.path(), READY);
+    let out = mynet(&a.dir, &["invite"]);
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success() && line.starts_with("mynet://") && line.ends_with("/mynet-test"), "{line}");
+    let a_status = a.try_status().expect("status");
+    let invite_json = last_json(&mynet(&a.dir, &["invite", "--json"]));
+    assert_eq!(invite_json["node_id"], a_status["node_id"]);
+    assert_eq!(invite_json["invite"], line.as_str());
+
+    let b_dir = root.path().join("b");
+    let out = mynet(&b_dir, &["init", "--join", &line]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(b_dir.join("node_config.json"), r#"{"listen_addr":"127.0.0.1:0"}"#).expect("node config");
+    let bootstrap = std::fs::read_to_string(b_dir.join("bootstrap.json")).expect("bootstrap.json");
+    let mut b = RunningNode::start(&b_dir);
+    let status = b.wait_status(READY, |s| s["peer_count"] == 1);
+    assert_eq!(status["peers"][0]["node_id"], a_status["node_id"]);
+    assert_eq!(status["network_id"], "mynet-test", "joined the invite's network");
+
+    // Bad input changes nothing and says why.
+    let other_net = line.replace("/mynet-test", "/elsewhere");
+    for (bad, why) in [("garbage", "must start with mynet://"), (other_net.as_str(), "network")] {
+        let out = mynet(&b_dir, &["bootstrap", "add", bad]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{bad}: {stderr}");
+        assert_eq!(std::fs::read_to_string(b_dir.join("bootstrap.json")).expect("file"), bootstrap);
+    }
+    let again = last_json(&mynet(&b_dir, &["bootstrap", "add", &line, "--json"]));
+    assert_eq!((again["result"].as_str(), again["bootstrap_nodes"].as_u64()), (Some("already listed"), Some(1)));
+    drop(b);
+}
