@@ -457,6 +457,10 @@ fn sim(args: SimArgs) -> Result<()> {
                 bail!("--dump-log node {node} does not exist (nodes are 0..{})", args.nodes);
             }
             config.keep_logs.push(node);
+            // The whole history, not the retained tail: what is dumped is for debugging. (Only
+            // kept logs hold records; retention does not change what a node does.)
+            config.node_config.log_retain_bytes = u64::MAX;
+            config.node_config.log_retain_ms = u64::MAX;
             Some((node, PathBuf::from(&pair[1])))
         }
         None => None,

@@ -34,6 +34,7 @@ pub(super) struct Lookups {
     /// `--all-pairs`: every (from, to) of the honest nodes, and those skipped (a node down).
     pairs: Vec<(usize, usize)>,
     skipped: u64,
+    failed_examples: Vec<String>,
 }
 
 /// The `dht` section of the summary.
@@ -70,6 +71,8 @@ pub struct DhtSummary {
     pub want_time_max_ms: f64,
     /// `--all-pairs`: lookups not made because a node was down at its turn.
     pub lookups_skipped: u64,
+    /// The first few lookups that did not find their target (from, target, time, failures).
+    pub failed_lookups: Vec<String>,
     /// `--sybils`: how many, the DHT answers they falsified, and the share of the honest
     /// nodes' routing-table entries they hold.
     pub sybils: usize,
@@ -212,8 +215,14 @@ impl World {
             l.found += 1;
             l.hops.push(*hops);
             l.times.record(ms * 1000);
-        } else if l.first_failure.is_none() && !l.dead.iter().any(|d| *d) {
-            l.first_failure = Some((n, NodeId(*target)));
+        } else {
+            if l.failed_examples.len() < 5 {
+                l.failed_examples
+                    .push(format!("node {n} -> {}: {ms} ms, {failed} contacts failed", NodeId(*target).short()));
+            }
+            if l.first_failure.is_none() && !l.dead.iter().any(|d| *d) {
+                l.first_failure = Some((n, NodeId(*target)));
+            }
         }
         l.time_max_ms = l.time_max_ms.max(*ms);
         let bound = 3 * mynet_core::dht::CONTACT_MAX_MS * (u64::from(*failed) + 1);
@@ -281,6 +290,7 @@ impl World {
                 .filter_map(|(at, done)| done.map(|d| (d - at) as f64 / 1000.0))
                 .fold(0.0, f64::max),
             lookups_skipped: l.skipped,
+            failed_lookups: l.failed_examples.clone(),
             sybils: self.honest - self.sybils.first,
             sybil_lies: self.sybils.lies,
             table_sybil_share: self.table_sybil_share(),
