@@ -140,8 +140,9 @@ fn nodes_on_one_lan_with_no_bootstrap_list_find_each_other() {
     late.wait_ready(FOUND);
     std::thread::sleep(Duration::from_secs(2));
     lan.address(3).expect("address the late host");
-    let status = late.wait_status(FOUND, |s| s["peer_count"] == 3);
-    assert_eq!(status["lan"]["interfaces"][0]["ipv4"], "10.77.0.4", "{}", status["lan"]);
+    // (Peer exchange may connect it first: wait for the interface to be joined as well.)
+    let status = late.wait_status(FOUND, |s| s["peer_count"] == 3 && s["lan"]["interfaces"][0]["ipv4"] == "10.77.0.4");
+    assert!(status["lan"]["datagrams_sent"].as_u64() >= Some(1), "{}", status["lan"]);
     nodes.push(late);
     for node in &mut nodes {
         assert!(node.stop().success(), "clean exit; log:\n{}", node.log_text());

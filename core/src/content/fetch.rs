@@ -423,14 +423,8 @@ impl Content {
         let Some(t) = self.active.remove(&id) else { return };
         self.cancel_all(cx, &t);
         self.stats.synced_content += 1;
-        // A provider record helps whoever no holder is connected to: publish one unless the
-        // item is already common among our peers (then so it is among theirs, and a record per
-        // replica would cost every holder a region lookup for nothing). An item the operator
-        // asked for is published whatever its spread.
-        let holders = self.remote.get(&id).map_or(0, |r| r.holders.len());
-        if self.wanted.remove(&id) || holders < PROVIDE_BELOW_HOLDERS {
-            cx.defer(crate::context::Deferred::Provide(id.0));
-        }
+        self.wanted.remove(&id);
+        cx.defer(crate::context::Deferred::Provide(id.0));
         cx.event(Event::ItemComplete {
             id,
             size,

@@ -328,9 +328,6 @@ pub struct Content {
     wanted: BTreeSet<ContentId>,
 }
 
-/// A fetched item gets a provider record when fewer of our peers than this hold it.
-pub const PROVIDE_BELOW_HOLDERS: usize = 3;
-
 /// Operator `get`s remembered at once (past it, a `get` still fetches from peers).
 pub const WANTED_MAX: usize = 10_000;
 

@@ -188,22 +188,13 @@ impl Lookup {
         out
     }
 
-    /// The candidate answered with `records`: they join its path one hop further. An answer
-    /// that comes after the candidate's deadline still counts (the deadline only stopped the
-    /// waiting): the target that answers late is found, and what it named is used.
+    /// The candidate answered with `records`: they join its path one hop further.
     pub fn answered(&mut self, node: &NodeId, records: &[PeerRecord], now: Mono) -> Option<u32> {
         let (path, c) = self.find(node)?;
-        let since = match c.state {
-            State::Waiting { since, .. } => Some(since),
-            State::Failed => None,
-            State::New | State::Answered => return None,
-        };
+        let State::Waiting { since, .. } = c.state else { return None };
         c.state = State::Answered;
         let hop = c.hop;
-        if since.is_none() {
-            self.failed = self.failed.saturating_sub(1);
-        }
-        let rtt = since.map(|since| now.ms_since(since) as u32);
+        let rtt = now.ms_since(since) as u32;
         if self.purpose == Purpose::Node && node.0 == self.target && self.reached_at.is_none() {
             self.reached_at = Some(now);
         }
@@ -213,7 +204,7 @@ impl Lookup {
             }
             self.add(path, *record, hop.saturating_add(1));
         }
-        rtt
+        Some(rtt)
     }
 
     /// The contact with `node` cannot start now (our own limits): it goes back to new, to be
