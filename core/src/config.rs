@@ -74,6 +74,11 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The field path and what is wrong, without the file (for a value not yet in a file).
+    pub fn message_for_operator(&self) -> String {
+        format!("field `{}`: {}", self.path, self.message)
+    }
+
     fn new(source: Source, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError { file: source.file().to_string(), path: path.into(), message: message.into() }
     }
@@ -211,6 +216,66 @@ config_schema! {
         initial_sync_max_ms: u64 = 60_000,
         /// Period of the reconciliation rounds a node starts with each peer (SPEC R8).
         reconcile_interval_ms: u64 = 30_000,
+    }
+}
+
+/// Fields a running node takes without a restart (`mynet config set`, `Input::Configure`);
+/// every other field is read at start-up only (sockets, the event log, the network's identity).
+pub const LIVE_FIELDS: &[&str] = &[
+    "max_outbound",
+    "max_inbound",
+    "max_per_ip",
+    "target_peers",
+    "max_known_peers",
+    "handshake_timeout_ms",
+    "max_clock_skew_ms",
+    "discovery_interval_ms",
+    "provider_republish_ms",
+    "ban_duration_ms",
+    "replicate",
+    "replicate_states",
+    "storage_max_bytes",
+    "sync_workers",
+    "reconcile_interval_ms",
+];
+
+impl Config {
+    /// Whether `field` applies to a running node (else it needs a restart).
+    pub fn applies_live(field: &str) -> bool {
+        LIVE_FIELDS.contains(&field)
+    }
+
+    /// This config with the live fields of `new` and every other field kept: what a running
+    /// node takes from a changed config.
+    pub fn with_live_fields_of(&self, new: &Config) -> Config {
+        Config {
+            max_outbound: new.max_outbound,
+            max_inbound: new.max_inbound,
+            max_per_ip: new.max_per_ip,
+            target_peers: new.target_peers,
+            max_known_peers: new.max_known_peers,
+            handshake_timeout_ms: new.handshake_timeout_ms,
+            max_clock_skew_ms: new.max_clock_skew_ms,
+            discovery_interval_ms: new.discovery_interval_ms,
+            provider_republish_ms: new.provider_republish_ms,
+            ban_duration_ms: new.ban_duration_ms,
+            replicate: new.replicate,
+            replicate_states: new.replicate_states.clone(),
+            storage_max_bytes: new.storage_max_bytes,
+            sync_workers: new.sync_workers,
+            reconcile_interval_ms: new.reconcile_interval_ms,
+            ..self.clone()
+        }
+    }
+
+    /// The live fields whose values differ between `self` and `other`, in declaration order.
+    pub fn live_changes(&self, other: &Config) -> Vec<&'static str> {
+        let (a, b) = (serde_json::to_value(self).ok(), serde_json::to_value(other).ok());
+        LIVE_FIELDS
+            .iter()
+            .copied()
+            .filter(|f| a.as_ref().and_then(|a| a.get(f)) != b.as_ref().and_then(|b| b.get(f)))
+            .collect()
     }
 }
 
@@ -397,7 +462,11 @@ impl Config {
         for field in Config::FIELDS {
             let value = values.get(*field).cloned().unwrap_or(serde_json::Value::Null);
             let source = sources.get(field).copied().unwrap_or(Source::Default);
-            out.insert((*field).to_string(), serde_json::json!({ "value": value, "source": source }));
+            let applies = if Config::applies_live(field) { "live" } else { "restart" };
+            out.insert(
+                (*field).to_string(),
+                serde_json::json!({ "value": value, "source": source, "applies": applies }),
+            );
         }
         serde_json::Value::Object(out)
     }

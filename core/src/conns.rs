@@ -170,6 +170,40 @@ impl Conns {
         None
     }
 
+    /// Connections past `config`'s limits (after the limits shrank), newest first within each
+    /// limit, with the reason each is closed.
+    pub fn over_limits(&self, config: &Config) -> Vec<(ConnId, CloseReason)> {
+        let mut out: Vec<(ConnId, CloseReason)> = Vec::new();
+        let (mut inbound, mut outbound) = (self.inbound, self.outbound);
+        let mut per_ip = self.per_ip.clone();
+        for (id, conn) in self.table.iter().rev() {
+            let ip = conn.addr.ip();
+            let reason = match conn.direction {
+                Direction::Inbound if inbound > config.max_inbound => {
+                    Some(CloseReason::InboundLimit { max: config.max_inbound })
+                }
+                Direction::Outbound if outbound > config.max_outbound => {
+                    Some(CloseReason::OutboundLimit { max: config.max_outbound })
+                }
+                _ if per_ip.get(&ip).copied().unwrap_or(0) > config.max_per_ip => {
+                    Some(CloseReason::PerIpLimit { ip, max: config.max_per_ip })
+                }
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                match conn.direction {
+                    Direction::Inbound => inbound -= 1,
+                    Direction::Outbound => outbound -= 1,
+                }
+                if let Some(n) = per_ip.get_mut(&ip) {
+                    *n = n.saturating_sub(1);
+                }
+                out.push((*id, reason));
+            }
+        }
+        out
+    }
+
     /// A fresh id for a connection we dial.
     pub fn next_outbound_id(&mut self) -> ConnId {
         let id = ConnId(self.next_outbound);

@@ -75,6 +75,24 @@ pub struct Counters {
     pub handshakes_failed: u64,
     pub inbound_refused: u64,
     pub restarts: u64,
+    /// Messages received, by kind (decoded frames).
+    pub messages_in: std::collections::BTreeMap<wire::Kind, u64>,
+    /// Messages sent, by kind.
+    pub messages_out: std::collections::BTreeMap<wire::Kind, u64>,
+    /// Round trips of answered requests: bucket `i` counts those of at most `2^i` ms (the last
+    /// bucket, everything longer). Pieces stream outside requests and are not counted.
+    pub rtt_ms: [u64; RTT_BUCKETS],
+}
+
+/// Buckets of [`Counters::rtt_ms`]: 1 ms, 2 ms, ... 16,384 ms, and longer.
+pub const RTT_BUCKETS: usize = 16;
+
+impl Counters {
+    /// Counts one answered request that took `ms`.
+    pub fn record_rtt(&mut self, ms: u64) {
+        let bucket = (u64::BITS - ms.saturating_sub(1).leading_zeros()) as usize;
+        self.rtt_ms[bucket.min(RTT_BUCKETS - 1)] += 1;
+    }
 }
 
 /// A start-up milestone a module reached.
@@ -172,6 +190,7 @@ impl Cx<'_> {
         match wire::encode_frame(message) {
             Ok(bytes) => {
                 self.counters.frames_out += 1;
+                *self.counters.messages_out.entry(message.kind()).or_default() += 1;
                 self.counters.bytes_out += bytes.len() as u64;
                 self.out.push(Output::Send { conn, bytes });
                 Ok(())

@@ -358,6 +358,21 @@ impl Discovery {
         self.info_requested = false;
     }
 
+    /// The operator changed the config: the known-peer bound, the round period (a shorter one
+    /// applies now), and the peer target (dial towards a higher one, release bootstrap links
+    /// once a lower one is met).
+    pub fn on_config(&mut self, cx: &mut Cx<'_>) {
+        self.known.set_max(cx.config.max_known_peers as usize);
+        let soonest = cx.now.mono.plus_ms(cx.config.discovery_interval_ms);
+        if let Some(next) = self.next_round.as_mut() {
+            *next = (*next).min(soonest);
+        }
+        if cx.phase.past_bootstrap() {
+            self.release_bootstrap_links(cx);
+            self.fill_peers(cx);
+        }
+    }
+
     /// The process is ending: no more rounds.
     pub fn on_shutdown(&mut self) {
         self.next_round = None;

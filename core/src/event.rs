@@ -291,6 +291,14 @@ pub enum Event {
         queried: u32,
         failed: u32,
     },
+    /// The operator changed live configuration fields (`mynet config set`).
+    ConfigChanged {
+        fields: Vec<String>,
+    },
+    /// A configuration change was refused; the node runs on the old one.
+    ConfigRefused {
+        reason: String,
+    },
     /// A LAN announcement named a node we had not heard on the LAN before.
     LanPeer {
         node: NodeId,
@@ -412,6 +420,8 @@ impl fmt::Display for Event {
                 if *found { "found" } else { "not found" }
             ),
             Event::LanPeer { node, addr } => write!(f, "LAN announcement from {} at {addr}", node.short()),
+            Event::ConfigChanged { fields } => write!(f, "configuration changed: {}", fields.join(", ")),
+            Event::ConfigRefused { reason } => write!(f, "configuration change refused: {reason}"),
             Event::Initialized { peers } => write!(f, "node initialized ({peers} {})", plural(*peers, "peer", "peers")),
             Event::ItemAdded { id, size } => write!(f, "item {id} added ({size} bytes)"),
             Event::ItemRemoved { id } => write!(f, "item {id} removed"),

@@ -1,188 +1,225 @@
-//! The local HTTP API: loopback only, bearer token from the data dir.
+//! The local HTTP API: loopback only, bearer token from the data dir, served by hyper (HTTP/1.1)
+//! with axum routing.
 //!
-//! Deliberately small (one request per connection): status and peers, and content: `POST
-//! /content` streams a file into the store (`mynet add`), `GET /content[/ID]` lists items,
-//! `POST /content/ID/want` asks the network for one (`mynet get`), `GET /content/ID/data`
-//! streams a complete item out (each piece re-verified), `DELETE /content/ID` drops it,
-//! `POST /verify` re-hashes the whole store. States and groups (SPEC R9): `POST
-//! /content/ID/edit` publishes an item's state, key id and group, `GET /content/ID/meta` shows
-//! its signed metadata, `GET /groups/ID` its group, `GET /keys` and `POST /keys` key records
-//! (never key material: that stays in the CLI's reach, in the data dir's key registry).
+//! Routes: `GET /` the dashboard page (no data in it: it asks the API with the token from the
+//! URL's fragment); `GET /status`, `/peers`, `/network` (what peers report), `/metrics`
+//! (Prometheus text), `/metrics/history` (the last samples), `GET /config` and `POST /config`
+//! (live configuration); content: `POST /content` streams a file into the store (`mynet add`),
+//! `GET /content[/ID]` lists items, `POST /content/ID/want` asks the network for one (`mynet
+//! get`), `GET /content/ID/data` streams a complete item out (each piece re-verified), `DELETE
+//! /content/ID` drops it, `POST /verify` re-hashes the whole store. States and groups (SPEC
+//! R9): `POST /content/ID/edit`, `GET /content/ID/meta`, `GET /groups/ID`, `GET /keys` and
+//! `POST /keys` (key records, never key material).
+//!
+//! Bounds: at most [`CONCURRENT_MAX`] connections at once (more wait in the kernel's accept
+//! queue), request heads of at most [`REQUEST_HEAD_MAX`] bytes read within [`REQUEST_TIMEOUT`],
+//! JSON bodies of at most [`JSON_BODY_MAX`] bytes, each upload chunk within [`REQUEST_TIMEOUT`],
+//! and an answer from the node within [`ANSWER_TIMEOUT`]. The token is compared in constant time.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream as StdTcpStream};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-
-use std::sync::Arc;
-
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get as get_route, post};
+use futures_util::StreamExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use mynet_core::Input;
 use mynet_core::content::{ContentId, PieceRef};
 use mynet_core::states::{ItemEdit, KeyEdit};
 use mynet_storage::content::ContentStore;
-use serde_json::json;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::accept::Acceptor;
 use crate::datadir::DataDir;
 use crate::driver::ApiRequest;
+use crate::metrics::SharedMetrics;
 
-/// Largest request head the API reads.
+/// Largest request head the API reads (hyper's smallest read buffer).
 pub const REQUEST_HEAD_MAX: usize = 8 * 1024;
-/// Time a client has to send its request.
+/// Time a client has to send its request head, and each chunk of an upload.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Requests handled at once; more wait in the kernel's accept queue.
+/// Time the node has to answer a request.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections served at once; more wait in the kernel's accept queue.
 pub const CONCURRENT_MAX: usize = 16;
+/// Largest JSON body (edits, key records, config changes).
+pub const JSON_BODY_MAX: usize = 16 * 1024;
 
-/// Serves API requests on `listener`, forwarding them to the driver through `requests`.
-pub async fn serve(listener: TcpListener, token: String, requests: mpsc::Sender<ApiRequest>, store: Arc<ContentStore>) {
-    let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(CONCURRENT_MAX));
+/// What every handler shares.
+#[derive(Clone)]
+struct App {
+    token: Arc<str>,
+    requests: mpsc::Sender<ApiRequest>,
+    store: Arc<ContentStore>,
+    metrics: SharedMetrics,
+    dir: DataDir,
+    /// One configuration change at a time (read, check, write, apply).
+    config_lock: Arc<Mutex<()>>,
+}
+
+/// Serves API requests on `listener`, forwarding node questions to the driver through
+/// `requests`.
+pub async fn serve(
+    listener: TcpListener,
+    token: String,
+    requests: mpsc::Sender<ApiRequest>,
+    store: Arc<ContentStore>,
+    metrics: SharedMetrics,
+    dir: DataDir,
+) {
+    let app = App { token: token.into(), requests, store, metrics, dir, config_lock: Arc::new(Mutex::new(())) };
+    let router = router(app);
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_MAX));
     let mut acceptor = Acceptor::new("local API");
     loop {
         let (stream, _) = acceptor.accept(|| listener.accept()).await;
         let Ok(permit) = permits.clone().acquire_owned().await else { return };
-        let (token, requests, store) = (token.clone(), requests.clone(), store.clone());
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
         tokio::spawn(async move {
-            let _ = handle(stream, &token, &requests, &store).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(REQUEST_TIMEOUT)
+                .max_buf_size(REQUEST_HEAD_MAX)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
             drop(permit);
         });
     }
 }
 
-async fn handle(
-    mut stream: TcpStream,
-    token: &str,
-    requests: &mpsc::Sender<ApiRequest>,
-    store: &Arc<ContentStore>,
-) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    let read_head = async {
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 || head.len() + n > REQUEST_HEAD_MAX {
-                return Ok::<bool, std::io::Error>(false);
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok(true)
-    };
-    if !matches!(tokio::time::timeout(REQUEST_TIMEOUT, read_head).await, Ok(Ok(true))) {
-        return respond(&mut stream, 400, r#"{"error":"bad request"}"#).await;
+fn router(app: App) -> Router {
+    let authorized = Router::new()
+        .route("/status", get_route(status))
+        .route("/peers", get_route(ask))
+        .route("/network", get_route(ask))
+        .route("/keys", get_route(ask).post(post_key))
+        .route("/groups/{id}", get_route(ask))
+        .route("/content", get_route(ask).post(upload).layer(DefaultBodyLimit::disable()))
+        .route("/content/{id}", get_route(item_ask).delete(remove))
+        .route("/content/{id}/meta", get_route(item_ask))
+        .route("/content/{id}/data", get_route(download))
+        .route("/content/{id}/want", post(want))
+        .route("/content/{id}/edit", post(edit))
+        .route("/verify", post(verify))
+        .route("/metrics", get_route(metrics_text))
+        .route("/metrics/history", get_route(metrics_history))
+        .route("/config", get_route(config_show).post(config_set))
+        .route("/config/running", get_route(ask))
+        .layer(middleware::from_fn_with_state(app.clone(), require_token));
+    Router::new()
+        .route("/", get_route(dashboard))
+        .route("/dashboard", get_route(dashboard))
+        .merge(authorized)
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such API path") })
+        .layer(DefaultBodyLimit::max(JSON_BODY_MAX))
+        .with_state(app)
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], json!({ "error": message.to_string() }).to_string())
+        .into_response()
+}
+
+fn json_response(status: u16, body: String) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn require_token(State(app): State<App>, request: Request, next: Next) -> Response {
+    let expected = format!("Bearer {}", app.token);
+    let given = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes()).unwrap_or_default();
+    if !constant_time_eq(given, expected.as_bytes()) {
+        return error(StatusCode::UNAUTHORIZED, "missing or wrong token (see api.token in the data dir)");
     }
-    let end = head.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(head.len()) + 4;
-    let body_start = head.get(end..).unwrap_or_default().to_vec();
-    head.truncate(end);
-    let text = String::from_utf8_lossy(&head);
-    let mut lines = text.split("\r\n");
-    let mut request_line = lines.next().unwrap_or_default().split(' ');
-    let (method, path) = (request_line.next().unwrap_or_default(), request_line.next().unwrap_or_default().to_string());
-    let mut authorized = false;
-    let mut content_length = None;
-    for line in lines {
-        let mut parts = line.splitn(2, ':');
-        let name = parts.next().unwrap_or_default().trim();
-        let value = parts.next().unwrap_or_default().trim();
-        if name.eq_ignore_ascii_case("authorization") {
-            authorized |= constant_time_eq(value.as_bytes(), format!("Bearer {token}").as_bytes());
-        } else if name.eq_ignore_ascii_case("content-length") {
-            content_length = value.parse::<u64>().ok();
-        }
-    }
-    if !authorized {
-        return respond(&mut stream, 401, r#"{"error":"missing or wrong token (see api.token in the data dir)"}"#)
-            .await;
-    }
-    let item = path.strip_prefix("/content/").map(|rest| rest.split('/').collect::<Vec<_>>());
-    let id = item.as_ref().and_then(|parts| ContentId::from_hex(parts[0]).ok());
-    if item.is_some() && id.is_none() {
-        return respond(&mut stream, 400, r#"{"error":"a content id is 64 hex characters"}"#).await;
-    }
-    let (path, input) = match (method, path.as_str(), item.as_deref(), id) {
-        ("GET", _, Some([_, "data"]), Some(id)) => return stream_out(stream, store, id).await,
-        ("POST", "/content", None, _) => {
-            let Some(len) = content_length else {
-                return respond(&mut stream, 411, r#"{"error":"POST /content needs a Content-Length"}"#).await;
-            };
-            match import(&mut stream, store, body_start, len).await {
-                Ok(imported) => {
-                    let body = json!({"id": imported.id, "size": imported.size, "pieces": imported.pieces});
-                    let input = Input::Added { id: imported.id, size: imported.size };
-                    if forward(requests, "/status".into(), Some(input)).await.is_none() {
-                        return respond(&mut stream, 503, r#"{"error":"node is shutting down"}"#).await;
-                    }
-                    return respond(&mut stream, 200, &body.to_string()).await;
-                }
-                Err(err) => {
-                    let body = json!({ "error": format!("import failed: {err}") }).to_string();
-                    return respond(&mut stream, 500, &body).await;
-                }
-            }
-        }
-        ("POST", "/verify", None, _) => {
-            let store = store.clone();
-            let report = tokio::task::spawn_blocking(move || store.verify_all()).await;
-            return match report {
-                Ok(Ok(report)) => {
-                    for (id, index) in &report.damaged {
-                        let piece = PieceRef { id: *id, index: *index };
-                        forward(requests, "/status".into(), Some(Input::Damaged { piece })).await;
-                    }
-                    let damaged: Vec<_> =
-                        report.damaged.iter().map(|(id, index)| json!({"id": id, "piece": index})).collect();
-                    let body = json!({
-                        "items": report.items, "pieces_checked": report.pieces_checked,
-                        "bytes_checked": report.bytes_checked, "damaged": damaged,
-                    });
-                    respond(&mut stream, 200, &body.to_string()).await
-                }
-                Ok(Err(err)) => respond(&mut stream, 500, &json!({ "error": err.to_string() }).to_string()).await,
-                Err(err) => respond(&mut stream, 500, &json!({ "error": err.to_string() }).to_string()).await,
-            };
-        }
-        ("POST", _, Some([_, "want"]), Some(id)) => (format!("/content/{id}"), Some(Input::Want { id })),
-        ("POST", _, Some([_, "edit"]), Some(id)) => {
-            let body = match read_json::<EditBody>(&mut stream, body_start, content_length).await {
-                Ok(body) => body,
-                Err(err) => return respond(&mut stream, 400, &json!({ "error": err }).to_string()).await,
-            };
-            let edit = ItemEdit {
-                id,
-                size: body.size,
-                key_id: body.key_id,
-                plain_hash: body.plain_hash.map(|h| h.0),
-                tags: body.tags,
-                group: body.group,
-                relation: body.relation,
-            };
-            (format!("/content/{id}/meta"), Some(Input::Edit(edit)))
-        }
-        ("POST", "/keys", None, _) => {
-            let body = match read_json::<KeyEdit>(&mut stream, body_start, content_length).await {
-                Ok(body) => body,
-                Err(err) => return respond(&mut stream, 400, &json!({ "error": err }).to_string()).await,
-            };
-            ("/keys".to_string(), Some(Input::KeyEdit(body)))
-        }
-        ("DELETE", _, Some([_]), Some(id)) => ("/content".to_string(), Some(Input::Remove { id })),
-        ("GET", _, _, _) => (path, None),
-        _ => return respond(&mut stream, 405, r#"{"error":"method not allowed here"}"#).await,
-    };
+    next.run(request).await
+}
+
+async fn dashboard() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8"), (header::CACHE_CONTROL, "no-store")], crate::dashboard::PAGE)
+        .into_response()
+}
+
+/// Asks the driver; `None` if it is gone or did not answer in time.
+async fn forward(requests: &mpsc::Sender<ApiRequest>, path: String, input: Option<Input>) -> Option<(u16, String)> {
+    let (reply, answer) = oneshot::channel();
+    requests.send(ApiRequest { path, input, reply }).await.ok()?;
+    tokio::time::timeout(ANSWER_TIMEOUT, answer).await.ok()?.ok()
+}
+
+async fn answer(requests: &mpsc::Sender<ApiRequest>, path: String, input: Option<Input>) -> Response {
     match forward(requests, path, input).await {
-        Some((status, body)) => respond(&mut stream, status, &body).await,
-        None => respond(&mut stream, 503, r#"{"error":"node is shutting down"}"#).await,
+        Some((status, body)) => json_response(status, body),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down or did not answer"),
     }
 }
 
-/// Largest JSON body an edit may have.
-pub const EDIT_BODY_MAX: u64 = 16 * 1024;
+/// `GET /status`: the node's status with the process's resources and the health checks of
+/// the latest sample.
+async fn status(State(app): State<App>) -> Response {
+    let Some((code, body)) = forward(&app.requests, "/status".into(), None).await else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down or did not answer");
+    };
+    let Ok(mut status) = serde_json::from_str::<Value>(&body) else { return json_response(code, body) };
+    let (resources, health) = app.metrics.lock().await.status_extras(&status);
+    if let Some(object) = status.as_object_mut() {
+        object.insert("resources".into(), resources);
+        object.insert("health".into(), health);
+    }
+    json_response(code, status.to_string())
+}
+
+async fn ask(State(app): State<App>, request: Request) -> Response {
+    answer(&app.requests, request.uri().path().to_string(), None).await
+}
+
+/// A refusal of a request, turned into a JSON error response.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+fn content_id(text: &str) -> Result<ContentId, ApiError> {
+    ContentId::from_hex(text).map_err(|_| ApiError(StatusCode::BAD_REQUEST, "a content id is 64 hex characters".into()))
+}
+
+async fn item_ask(State(app): State<App>, UrlPath(id): UrlPath<String>, request: Request) -> Response {
+    match content_id(&id) {
+        Ok(_) => answer(&app.requests, request.uri().path().to_string(), None).await,
+        Err(response) => response.into_response(),
+    }
+}
+
+async fn want(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
+    match content_id(&id) {
+        Ok(id) => answer(&app.requests, format!("/content/{id}"), Some(Input::Want { id })).await,
+        Err(response) => response.into_response(),
+    }
+}
+
+async fn remove(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
+    match content_id(&id) {
+        Ok(id) => answer(&app.requests, "/content".into(), Some(Input::Remove { id })).await,
+        Err(response) => response.into_response(),
+    }
+}
 
 /// `POST /content/ID/edit`: an item's state, key and group (`mynet add` options).
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct EditBody {
     size: u64,
     #[serde(default)]
@@ -197,44 +234,75 @@ struct EditBody {
     relation: Option<String>,
 }
 
-/// Reads a JSON request body of at most [`EDIT_BODY_MAX`] bytes (the first bytes already read).
-async fn read_json<T: serde::de::DeserializeOwned>(
-    stream: &mut TcpStream,
-    mut body: Vec<u8>,
-    len: Option<u64>,
-) -> Result<T, String> {
-    let len = len.ok_or("a JSON body needs a Content-Length")?;
-    if len > EDIT_BODY_MAX {
-        return Err(format!("body of {len} bytes; at most {EDIT_BODY_MAX}"));
-    }
-    let missing = (len as usize).saturating_sub(body.len());
-    let mut rest = vec![0u8; missing];
-    match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut rest)).await {
-        Ok(Ok(_)) => {}
-        _ => return Err("the body ended early".into()),
-    }
-    body.extend_from_slice(&rest);
-    body.truncate(len as usize);
-    serde_json::from_slice(&body).map_err(|e| format!("invalid JSON body: {e}"))
+fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
-/// Asks the driver; `None` if it is gone.
-async fn forward(requests: &mpsc::Sender<ApiRequest>, path: String, input: Option<Input>) -> Option<(u16, String)> {
-    let (reply, answer) = oneshot::channel();
-    requests.send(ApiRequest { path, input, reply }).await.ok()?;
-    answer.await.ok()
+async fn edit(State(app): State<App>, UrlPath(id): UrlPath<String>, body: Bytes) -> Response {
+    let (id, body) = match (content_id(&id), parse_json::<EditBody>(&body)) {
+        (Ok(id), Ok(body)) => (id, body),
+        (Err(response), _) | (_, Err(response)) => return response.into_response(),
+    };
+    let edit = ItemEdit {
+        id,
+        size: body.size,
+        key_id: body.key_id,
+        plain_hash: body.plain_hash.map(|h| h.0),
+        tags: body.tags,
+        group: body.group,
+        relation: body.relation,
+    };
+    answer(&app.requests, format!("/content/{id}/meta"), Some(Input::Edit(edit))).await
 }
 
-/// Streams `len` bytes of request body into the store (the first bytes already read), one
-/// piece-sized chunk at a time through a blocking importer thread: memory stays at a few
-/// chunks whatever the file size.
-async fn import(
-    stream: &mut TcpStream,
-    store: &Arc<ContentStore>,
-    first: Vec<u8>,
-    len: u64,
-) -> anyhow::Result<mynet_storage::content::Imported> {
-    let (chunks, queue) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+async fn post_key(State(app): State<App>, body: Bytes) -> Response {
+    match parse_json::<KeyEdit>(&body) {
+        Ok(edit) => answer(&app.requests, "/keys".into(), Some(Input::KeyEdit(edit))).await,
+        Err(response) => response.into_response(),
+    }
+}
+
+async fn verify(State(app): State<App>) -> Response {
+    let store = app.store.clone();
+    let report = match tokio::task::spawn_blocking(move || store.verify_all()).await {
+        Ok(Ok(report)) => report,
+        Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+        Err(err) => return error(StatusCode::INTERNAL_SERVER_ERROR, err),
+    };
+    for (id, index) in &report.damaged {
+        let piece = PieceRef { id: *id, index: *index };
+        forward(&app.requests, "/status".into(), Some(Input::Damaged { piece })).await;
+    }
+    let damaged: Vec<_> = report.damaged.iter().map(|(id, index)| json!({"id": id, "piece": index})).collect();
+    let body = json!({
+        "items": report.items, "pieces_checked": report.pieces_checked,
+        "bytes_checked": report.bytes_checked, "damaged": damaged,
+    });
+    json_response(200, body.to_string())
+}
+
+/// `POST /content`: streams the body into the store, one chunk at a time through a blocking
+/// importer thread (memory stays at a few chunks whatever the file size); the node learns of
+/// the item once all of it is durable.
+async fn upload(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let len = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let Some(len) = len else {
+        return error(StatusCode::LENGTH_REQUIRED, "POST /content needs a Content-Length");
+    };
+    match import(&app.store, body, len).await {
+        Ok(imported) => {
+            let input = Input::Added { id: imported.id, size: imported.size };
+            if forward(&app.requests, "/status".into(), Some(input)).await.is_none() {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "node is shutting down");
+            }
+            json_response(200, json!({"id": imported.id, "size": imported.size, "pieces": imported.pieces}).to_string())
+        }
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("import failed: {err:#}")),
+    }
+}
+
+async fn import(store: &Arc<ContentStore>, body: Body, len: u64) -> Result<mynet_storage::content::Imported> {
+    let (chunks, queue) = std::sync::mpsc::sync_channel::<Bytes>(4);
     let store = store.clone();
     let importer = tokio::task::spawn_blocking(move || {
         let mut importer = store.importer()?;
@@ -243,74 +311,111 @@ async fn import(
         }
         importer.finish()
     });
-    let mut remaining = len;
-    let first_len = (first.len() as u64).min(remaining);
-    remaining -= first_len;
-    let mut ok = chunks.send(first[..first_len as usize].to_vec()).is_ok();
-    while ok && remaining > 0 {
-        let mut chunk = vec![0u8; remaining.min(1 << 20) as usize];
-        let read = tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut chunk)).await;
-        match read {
-            Ok(Ok(_)) => {}
-            _ => {
-                drop(chunks);
-                let _ = importer.await;
-                anyhow::bail!("the upload ended after {} of {len} bytes", len - remaining);
+    // hyper reads no more than the Content-Length.
+    let mut stream = body.into_data_stream();
+    let mut received = 0u64;
+    let outcome = loop {
+        match tokio::time::timeout(REQUEST_TIMEOUT, stream.next()).await {
+            Ok(Some(Ok(chunk))) => {
+                received += chunk.len() as u64;
+                let sender = chunks.clone();
+                if !tokio::task::spawn_blocking(move || sender.send(chunk).is_ok()).await.unwrap_or(false) {
+                    break Ok(());
+                }
             }
+            Ok(None) => break Ok(()),
+            Ok(Some(Err(err))) => break Err(anyhow!("the upload failed after {received} of {len} bytes: {err}")),
+            Err(_) => break Err(anyhow!("the upload stalled after {received} of {len} bytes")),
         }
-        remaining -= chunk.len() as u64;
-        let sender = chunks.clone();
-        ok = tokio::task::spawn_blocking(move || sender.send(chunk).is_ok()).await.unwrap_or(false);
-    }
+    };
     drop(chunks);
-    Ok(importer.await??)
+    let imported = importer.await?;
+    outcome?;
+    if received != len {
+        bail!("the upload ended after {received} of {len} bytes");
+    }
+    Ok(imported?)
 }
 
-/// Streams a complete item out, each piece re-verified as it is read.
-async fn stream_out(mut stream: TcpStream, store: &Arc<ContentStore>, id: ContentId) -> std::io::Result<()> {
-    let info = store.info(id).ok().flatten();
-    let Some(info) = info.filter(|i| i.complete()) else {
-        let body = json!({ "error": format!("item {id} is not held completely here") }).to_string();
-        return respond(&mut stream, 404, &body).await;
+/// `GET /content/ID/data`: a complete item, each piece re-verified as it is read. A damaged
+/// piece ends the response short: the client sees fewer bytes than promised.
+async fn download(State(app): State<App>, UrlPath(id): UrlPath<String>) -> Response {
+    let id = match content_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response.into_response(),
     };
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        info.size
-    );
-    stream.write_all(head.as_bytes()).await?;
-    for index in 0..info.pieces {
+    let info = app.store.info(id).ok().flatten();
+    let Some(info) = info.filter(|i| i.complete()) else {
+        return error(StatusCode::NOT_FOUND, format!("item {id} is not held completely here"));
+    };
+    let store = app.store.clone();
+    let pieces = futures_util::stream::unfold(0u64, move |index| {
         let store = store.clone();
-        let piece = tokio::task::spawn_blocking(move || store.read_piece(id, index)).await;
-        match piece {
-            Ok(Ok(data)) => stream.write_all(&data).await?,
-            // A damaged piece ends the response short: the client sees fewer bytes than promised.
-            _ => return Err(std::io::Error::other(format!("piece {index} of {id} could not be read"))),
+        async move {
+            if index >= info.pieces {
+                return None;
+            }
+            let piece = tokio::task::spawn_blocking(move || store.read_piece(id, index)).await;
+            let item = match piece {
+                Ok(Ok(data)) => Ok(Bytes::from(data)),
+                _ => Err(std::io::Error::other(format!("piece {index} of {id} could not be read"))),
+            };
+            // After a failed piece the stream ends.
+            let next = if item.is_ok() { index + 1 } else { info.pieces };
+            Some((item, next))
         }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, info.size.to_string()),
+        ],
+        Body::from_stream(pieces),
+    )
+        .into_response()
+}
+
+async fn metrics_text(State(app): State<App>) -> Response {
+    let status =
+        forward(&app.requests, "/status".into(), None).await.and_then(|(_, body)| serde_json::from_str(&body).ok());
+    let text = app.metrics.lock().await.prometheus_text(status);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
+}
+
+async fn metrics_history(State(app): State<App>) -> Response {
+    let history = app.metrics.lock().await.history_json();
+    json_response(200, history.to_string())
+}
+
+async fn config_show(State(app): State<App>) -> Response {
+    match app.dir.load_config() {
+        Ok(layered) => json_response(200, layered.config.provenance_json(&layered.sources).to_string()),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err),
     }
-    stream.shutdown().await
+}
+
+/// `POST /config` `{"field": F, "value": V}`: see [`crate::live_config`].
+async fn config_set(State(app): State<App>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Change {
+        field: String,
+        value: Value,
+    }
+    let change = match parse_json::<Change>(&body) {
+        Ok(change) => change,
+        Err(response) => return response.into_response(),
+    };
+    let _one_at_a_time = app.config_lock.lock().await;
+    match crate::live_config::set(&app.dir, &app.requests, &change.field, change.value).await {
+        Ok(report) => json_response(200, report.to_string()),
+        Err(err) => error(StatusCode::BAD_REQUEST, format!("{err:#}")),
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    // The length is not secret (the token's length is fixed); the bytes are compared whole.
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn respond(stream: &mut TcpStream, status: u16, body: &str) -> std::io::Result<()> {
-    let reason = match status {
-        200 => "OK",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        411 => "Length Required",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Bad Request",
-    };
-    let response = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 /// Client side: GETs `path` from the node running on `dir` and returns the JSON body.

@@ -94,6 +94,34 @@ impl Api {
 }
 
 impl Api {
+    /// The API's address.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bearer token.
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Whether a node answers at the address (`api.addr` may be left by a node that died).
+    pub(crate) fn reachable(&self) -> Result<()> {
+        TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
+            .map(drop)
+            .with_context(|| format!("no node answers at {}", self.addr))
+    }
+
+    /// GETs a text body (`/metrics`).
+    pub(crate) fn text(&self, path: &str) -> Result<String> {
+        let (status, _, mut reader) = self.send("GET", path, None)?;
+        let mut body = String::new();
+        reader.read_to_string(&mut body)?;
+        if status != 200 {
+            bail!("{}", error_text(status, &body));
+        }
+        Ok(body)
+    }
+
     /// POSTs a JSON body; returns the JSON answer.
     pub(crate) fn post_json(&self, path: &str, body: &Value) -> Result<Value> {
         let bytes = body.to_string().into_bytes();

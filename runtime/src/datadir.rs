@@ -146,3 +146,24 @@ pub fn os_random_u64() -> u64 {
     let bytes = os_random_32();
     u64::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]])
 }
+
+/// Replaces `path` with `text` atomically: a temporary file beside it, flushed to disk, renamed
+/// over it, and the directory flushed, so a crash leaves the old file or the new one.
+pub fn replace_file(path: &Path, text: &str) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent() {
+            fs::File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    };
+    write().map_err(|err| {
+        let _ = fs::remove_file(&tmp);
+        anyhow::anyhow!("cannot replace {}: {err}", path.display())
+    })
+}

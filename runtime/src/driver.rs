@@ -602,7 +602,9 @@ impl Driver {
                     None => (404, json!({ "error": format!("no item {id} on this node") }).to_string()),
                 }
             }
-            "/config" => (200, serde_json::to_string(self.journal.node().config()).unwrap_or_default()),
+            "/config" | "/config/running" => {
+                (200, serde_json::to_string(self.journal.node().config()).unwrap_or_default())
+            }
             _ => (404, json!({ "error": format!("no such endpoint {}", request.path) }).to_string()),
         };
         let _ = request.reply.send(answer);

@@ -3,13 +3,17 @@
 mod accept;
 mod api;
 mod cli_content;
+mod cli_ops;
 mod cli_states;
 mod content;
+mod dashboard;
 mod datadir;
 mod driver;
 mod durability;
 mod invite;
 mod lan;
+mod live_config;
+mod metrics;
 mod noise;
 mod out;
 mod replay;
@@ -62,10 +66,41 @@ enum Command {
     },
     /// Run a node in the foreground until SIGINT/SIGTERM.
     Run,
-    /// Print the running node's status as JSON.
-    Status,
+    /// Print the running node's status: identity, uptime, peers, content, storage, sync,
+    /// resources, health checks.
+    Status {
+        /// Print the status JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every 2 s (in place on a terminal) until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Print the running node's peers as a table.
-    Peers,
+    Peers {
+        /// Print the status JSON (its `peers` and `blacklist`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the node's metrics in Prometheus text, or the history of the last samples.
+    Metrics {
+        /// The last samples (one every 5 s, at most 1,000) as a table.
+        #[arg(long)]
+        history: bool,
+        /// With --history: print the samples as JSON.
+        #[arg(long, requires = "history")]
+        json: bool,
+    },
+    /// What the peers reported in their signed status broadcasts (every 30 s).
+    Network {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the address of the node's dashboard (a page served by its local API).
+    Dashboard {
+        #[arg(long)]
+        json: bool,
+    },
     /// Stream FILE into the running node's store; prints its content id.
     Add {
         file: PathBuf,
@@ -175,8 +210,18 @@ enum BootstrapCommand {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Print the merged config, each value with the layer it came from.
+    /// Print the merged config: each value, the layer it came from, and whether a change
+    /// applies live or needs a restart.
     Show,
+    /// Change FIELD to VALUE (JSON, or plain text for a string): checked, saved in
+    /// node_config.json atomically, and applied to the running node when the field is live.
+    Set {
+        field: String,
+        #[arg(allow_hyphen_values = true)]
+        value: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -275,8 +320,12 @@ fn main() -> ExitCode {
             invite::bootstrap_add(&dir, &address, json)
         }
         Command::Run => return run(dir),
-        Command::Status => api::get(&dir, "/status").map(|status| outln!("{}", pretty(&status))),
-        Command::Peers => api::get(&dir, "/peers").map(|status| print_peers(&status)),
+        Command::Status { json, watch } => cli_ops::status(&dir, json, watch),
+        Command::Peers { json: true } => api::get(&dir, "/peers").map(|status| outln!("{}", pretty(&status))),
+        Command::Peers { json: false } => api::get(&dir, "/peers").map(|status| print_peers(&status)),
+        Command::Metrics { history, json } => cli_ops::metrics(&dir, history, json),
+        Command::Network { json } => cli_ops::network(&dir, json),
+        Command::Dashboard { json } => cli_ops::dashboard(&dir, json),
         Command::Add { file, json, encrypt, key_id, tags, group, relation } => {
             let options = cli_content::AddOptions { encrypt_with: key_id.filter(|_| encrypt), tags, group, relation };
             cli_content::add(&dir, &file, json, &options)
@@ -296,6 +345,9 @@ fn main() -> ExitCode {
         Command::Rm { id } => cli_content::rm(&dir, &id),
         Command::Verify { json } => cli_content::verify(&dir, json),
         Command::Config { command: ConfigCommand::Show } => config_show(&dir),
+        Command::Config { command: ConfigCommand::Set { field, value, json } } => {
+            cli_ops::config_set(&dir, &field, &value, json)
+        }
         Command::Replay(args) => return replay::run(&dir, &args),
         Command::Sim(args) => sim(args),
     };

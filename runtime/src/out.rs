@@ -7,6 +7,16 @@ use std::io::{self, Write};
 pub fn line(args: std::fmt::Arguments<'_>) {
     let mut out = io::stdout().lock();
     let written = out.write_fmt(args).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush());
+    finish(written);
+}
+
+/// Writes `text` as it is (no newline added); on a closed pipe, exits with status 0.
+pub fn out(text: &str) {
+    let mut out = io::stdout().lock();
+    finish(out.write_all(text.as_bytes()).and_then(|()| out.flush()));
+}
+
+fn finish(written: io::Result<()>) {
     match written {
         Ok(()) => {}
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),

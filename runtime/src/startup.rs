@@ -72,7 +72,10 @@ pub async fn run(dir: DataDir) -> Result<(), StartupError> {
     let store = phase(Phase::Configuration, Store::open(&dir.store_path(), store_tx.clone()))?;
     let transport = Transport::new(net_tx, Duration::from_millis(config.handshake_timeout_ms)).dial_from(listen_addr);
     let _listener_task = transport.spawn_listener(listener);
-    let _api_task = tokio::spawn(api::serve(api_listener, token, api_tx, store.shared()));
+    let metrics = crate::metrics::SharedMetrics::default();
+    let _api_task =
+        tokio::spawn(api::serve(api_listener, token, api_tx.clone(), store.shared(), metrics.clone(), dir.clone()));
+    let _metrics_task = tokio::spawn(crate::metrics::run(metrics, api_tx, dir.root().to_path_buf()));
 
     let lan = if config.lan_discovery {
         let us = (identity.node_id(), config.network_id.clone());

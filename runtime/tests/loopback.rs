@@ -202,7 +202,7 @@ fn init_status_config_and_api_token() {
     let shown = last_json(&mynet(&dir, &["config", "show"]));
     assert_eq!(shown["network_id"]["source"], "bootstrap.json");
     assert_eq!(shown["listen_addr"]["source"], "node_config.json");
-    assert_eq!(shown["max_per_ip"], json!({ "value": 3, "source": "default" }));
+    assert_eq!(shown["max_per_ip"], json!({ "value": 3, "source": "default", "applies": "live" }));
 
     configure(&dir, json!({}), &[]);
     let out = mynet(&dir, &["status"]);

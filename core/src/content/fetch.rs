@@ -423,6 +423,7 @@ impl Content {
         let Some(t) = self.active.remove(&id) else { return };
         self.cancel_all(cx, &t);
         self.stats.synced_content += 1;
+        self.stats.sync_ms += cx.now.mono.ms_since(t.started);
         self.wanted.remove(&id);
         cx.defer(crate::context::Deferred::Provide(id.0));
         cx.event(Event::ItemComplete {

@@ -209,6 +209,9 @@ impl Peer {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncStats {
     pub synced_content: u64,
+    /// Time from starting to completing the items synced, summed (mean time to replicate:
+    /// `sync_ms / synced_content`).
+    pub sync_ms: u64,
     pub failed_syncs: u64,
     pub bytes_synced: u64,
     pub wasted_bytes: u64,
@@ -572,6 +575,13 @@ impl Content {
             self.pump(cx, id);
         }
         self.check_initial(cx);
+    }
+
+    /// The operator changed the config: more workers, room or states may start transfers.
+    pub fn on_config(&mut self, cx: &mut Cx<'_>) {
+        if cx.phase.past_bootstrap() {
+            self.start_transfers(cx);
+        }
     }
 
     pub fn on_restart(&mut self) {

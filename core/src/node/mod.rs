@@ -436,6 +436,7 @@ impl Node {
             Input::Damaged { piece } => self.state.content.damaged(&mut cx!(self), piece),
             Input::Lookup { target } => self.state.dht.find_node(&mut cx!(self), target),
             Input::LanHeard { from, bytes } => self.state.lan.heard(&mut cx!(self), from, &bytes),
+            Input::Configure { config } => self.configure(*config),
         }
         self.run_deferred();
     }
@@ -495,7 +496,10 @@ impl Node {
         let drained = buffer.drain(bytes, |body| {
             self.state.counters.frames_in += 1;
             match wire::decode_body(body) {
-                Ok(message) => self.handle_message(conn_id, message),
+                Ok(message) => {
+                    *self.state.counters.messages_in.entry(message.kind()).or_default() += 1;
+                    self.handle_message(conn_id, message)
+                }
                 Err(err) => bad_frame = Some(err),
             }
             self.run_deferred();
@@ -576,6 +580,30 @@ impl Node {
         self.state.dht.on_restart();
         let now = self.state.now;
         self.start(now);
+    }
+
+    /// A live configuration change: the live fields are taken (validated as a whole first),
+    /// the rest kept until a restart, and each module reacts to what changed.
+    fn configure(&mut self, new: Config) {
+        let next = self.state.config.with_live_fields_of(&new);
+        if let Err(err) = next.validate(&crate::config::Sources::new()) {
+            cx!(self).event(Event::ConfigRefused { reason: err.message_for_operator() });
+            return;
+        }
+        let changed = self.state.config.live_changes(&next);
+        if changed.is_empty() {
+            return;
+        }
+        self.state.config = next;
+        cx!(self).event(Event::ConfigChanged { fields: changed.iter().map(|f| (*f).to_string()).collect() });
+        // Limits that shrank: the connections past them close, newest first.
+        for (id, reason) in self.state.conns.over_limits(&self.state.config) {
+            self.close(id, reason);
+        }
+        self.state.discovery.on_config(&mut cx!(self));
+        self.state.content.on_config(&mut cx!(self));
+        self.state.reconcile.on_config(&cx!(self));
+        self.run_deferred();
     }
 
     fn handle_shutdown(&mut self) {

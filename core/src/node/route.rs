@@ -41,7 +41,10 @@ impl Node {
                 let kind = body.kind();
                 self.state.requests.heard(conn_id, self.state.now.mono);
                 match self.state.requests.answer(conn_id, id, kind) {
-                    Answer::Expected(pending) => self.route_response(conn_id, peer, &pending, body),
+                    Answer::Expected(pending) => {
+                        self.state.counters.record_rtt(self.state.now.mono.ms_since(pending.sent));
+                        self.route_response(conn_id, peer, &pending, body)
+                    }
                     Answer::Late(_) | Answer::Cancelled => {
                         cx!(self).event(Event::LateAnswer { conn: conn_id, id, kind })
                     }

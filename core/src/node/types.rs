@@ -53,6 +53,9 @@ pub enum Input {
     RelationChecked { parent: ContentId, child: ContentId, ok: bool },
     /// Look `target` up in the DHT (`Event::LookupDone` tells how it went).
     Lookup { target: NodeId },
+    /// The operator changed the configuration (`mynet config set`): the node takes the live
+    /// fields (`config::LIVE_FIELDS`) and its modules react; the others wait for a restart.
+    Configure { config: Box<Config> },
     /// A datagram heard on a LAN discovery group, from `from` (`lan`).
     LanHeard {
         from: SocketAddr,
@@ -85,6 +88,7 @@ impl Input {
             Input::RelationChecked { .. } => "relation_checked",
             Input::Lookup { .. } => "lookup",
             Input::LanHeard { .. } => "lan_heard",
+            Input::Configure { .. } => "configure",
         }
     }
 }

@@ -278,6 +278,16 @@ impl Reconcile {
         self.check_settled(cx);
     }
 
+    /// The operator changed the config: a shorter round period applies now.
+    pub fn on_config(&mut self, cx: &Cx<'_>) {
+        let soonest = cx.now.mono.plus_ms(cx.config.reconcile_interval_ms);
+        for peer in self.peers.values_mut() {
+            if let Some(next) = peer.next_round.as_mut() {
+                *next = (*next).min(soonest);
+            }
+        }
+    }
+
     pub fn on_restart(&mut self) {
         self.peers.clear();
         self.settled = false;

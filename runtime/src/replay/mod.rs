@@ -26,8 +26,31 @@ use serde_json::{Value, json};
 use crate::datadir::DataDir;
 
 /// Record kinds `--kind` accepts: the input kinds of `Input::kind`, and the two other records.
-const KINDS: [&str; 9] =
-    ["genesis", "incoming", "secured", "received", "closed", "tick", "restart", "shutdown", "checkpoint"];
+const KINDS: [&str; 23] = [
+    "genesis",
+    "incoming",
+    "secured",
+    "received",
+    "closed",
+    "tick",
+    "restart",
+    "shutdown",
+    "piece",
+    "stored",
+    "store_failed",
+    "added",
+    "want",
+    "remove",
+    "describe",
+    "damaged",
+    "edit",
+    "key_edit",
+    "relation_checked",
+    "lookup",
+    "lan_heard",
+    "configure",
+    "checkpoint",
+];
 /// Longest JSON value a diff prints before cutting it short.
 const VALUE_SHOWN_MAX: usize = 160;
 /// Peers of a `peers` or `network_info` message listed by id; the rest are counted.
@@ -354,6 +377,13 @@ impl Describer {
             }
             Input::RelationChecked { parent, child, ok } => {
                 format!("decrypting {parent} {} {child}", if *ok { "gives" } else { "does not give" })
+            }
+            Input::Configure { config } => {
+                let fields: Vec<String> = mynet_core::config::LIVE_FIELDS
+                    .iter()
+                    .filter_map(|f| serde_json::to_value(config.as_ref()).ok()?.get(f).map(|v| format!("{f}={v}")))
+                    .collect();
+                format!("operator config (live fields): {}", fields.join(" "))
             }
             Input::LanHeard { from, bytes } => {
                 mentions.addrs.push(from.to_string());

@@ -140,7 +140,7 @@ impl RunningNode {
 
     /// `mynet status`, if the node answers.
     pub fn try_status(&self) -> Option<Value> {
-        let out = mynet_in(self.netns.as_deref(), &self.dir, &["status"]);
+        let out = mynet_in(self.netns.as_deref(), &self.dir, &["status", "--json"]);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
     }
 
