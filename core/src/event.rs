@@ -115,6 +115,8 @@ pub enum Violation {
     ItemMeta(crate::reconcile::meta::Invalid),
     /// A reconciliation answer that breaks the protocol.
     Reconcile(String),
+    /// A status report whose signature does not verify against the peer's key.
+    BadStatusReport,
 }
 
 impl fmt::Display for Violation {
@@ -131,6 +133,7 @@ impl fmt::Display for Violation {
             Violation::BadMetadata => f.write_str("item metadata failed verification"),
             Violation::ItemMeta(invalid) => write!(f, "signed item metadata refused: {}", invalid.as_str()),
             Violation::Reconcile(what) => write!(f, "reconciliation: {what}"),
+            Violation::BadStatusReport => f.write_str("status report with a bad signature"),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod hex;
 pub mod id;
 pub mod identity;
 pub mod lan;
+pub mod netstatus;
 pub mod node;
 pub mod peers;
 pub mod penalties;

@@ -39,6 +39,7 @@ pub enum Origin {
     Content,
     Reconcile,
     Dht,
+    Status,
 }
 
 /// A request we sent and have not settled.

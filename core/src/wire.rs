@@ -13,6 +13,7 @@ use crate::content::proto as content;
 use crate::dht;
 use crate::discovery;
 use crate::handshake::{self, Hello};
+use crate::netstatus;
 use crate::reconcile;
 use crate::request::RequestId;
 
@@ -62,6 +63,8 @@ pub enum Request {
     Reconcile(reconcile::proto::Request),
     /// The DHT: nodes near an id, provider records (SPEC R5.2).
     Dht(dht::proto::Request),
+    /// The status broadcast (SPEC R10.2).
+    Status(netstatus::Request),
 }
 
 /// An answer, by protocol.
@@ -75,6 +78,8 @@ pub enum Response {
     Reconcile(reconcile::proto::Response),
     /// The DHT.
     Dht(dht::proto::Response),
+    /// The status broadcast.
+    Status(netstatus::Response),
 }
 
 /// Every kind of message, flat: what the request layer expects, what logs and filters name.
@@ -116,6 +121,8 @@ pub enum Kind {
     Providers,
     AddProviders,
     Added,
+    StatusReport,
+    StatusNoted,
 }
 
 impl Kind {
@@ -158,6 +165,8 @@ impl Kind {
             Kind::Providers => "providers",
             Kind::AddProviders => "add_providers",
             Kind::Added => "added",
+            Kind::StatusReport => "status_report",
+            Kind::StatusNoted => "status_noted",
         }
     }
 }
@@ -175,11 +184,12 @@ pub enum Protocol {
     Content,
     Reconcile,
     Dht,
+    Status,
 }
 
 impl Protocol {
     /// How many protocols there are (the request layer keeps one rate window per protocol).
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 
     /// Dense index in `0..COUNT`.
     pub fn index(self) -> usize {
@@ -188,6 +198,7 @@ impl Protocol {
             Protocol::Content => 1,
             Protocol::Reconcile => 2,
             Protocol::Dht => 3,
+            Protocol::Status => 4,
         }
     }
 
@@ -198,6 +209,7 @@ impl Protocol {
             Protocol::Content => content::RATE_LIMIT,
             Protocol::Reconcile => reconcile::proto::RATE_LIMIT,
             Protocol::Dht => dht::proto::RATE_LIMIT,
+            Protocol::Status => netstatus::RATE_LIMIT,
         }
     }
 
@@ -208,6 +220,7 @@ impl Protocol {
             Protocol::Content => content::IN_FLIGHT_MAX,
             Protocol::Reconcile => reconcile::proto::IN_FLIGHT_MAX,
             Protocol::Dht => dht::proto::IN_FLIGHT_MAX,
+            Protocol::Status => netstatus::IN_FLIGHT_MAX,
         }
     }
 }
@@ -245,6 +258,8 @@ impl Message {
             Message::Response { body: Response::Reconcile(r), .. } => r.check_bounds(),
             Message::Request { body: Request::Dht(r), .. } => r.check_bounds(),
             Message::Response { body: Response::Dht(r), .. } => r.check_bounds(),
+            Message::Request { body: Request::Status(r), .. } => r.check_bounds(),
+            Message::Response { body: Response::Status(r), .. } => r.check_bounds(),
             Message::Piece { header, .. } => header.piece_len().map(|_| ()),
             Message::Cancel { .. } => Ok(()),
         }
@@ -259,6 +274,7 @@ impl Request {
             Request::Content(r) => r.kind(),
             Request::Reconcile(r) => r.kind(),
             Request::Dht(r) => r.kind(),
+            Request::Status(r) => r.kind(),
         }
     }
 
@@ -269,6 +285,7 @@ impl Request {
             Request::Content(r) => r.expects(),
             Request::Reconcile(r) => r.expects(),
             Request::Dht(r) => r.expects(),
+            Request::Status(r) => r.expects(),
         }
     }
 
@@ -279,6 +296,7 @@ impl Request {
             Request::Content(_) => Protocol::Content,
             Request::Reconcile(_) => Protocol::Reconcile,
             Request::Dht(_) => Protocol::Dht,
+            Request::Status(_) => Protocol::Status,
         }
     }
 }
@@ -291,6 +309,7 @@ impl Response {
             Response::Content(r) => r.kind(),
             Response::Reconcile(r) => r.kind(),
             Response::Dht(r) => r.kind(),
+            Response::Status(r) => r.kind(),
         }
     }
 }

@@ -602,6 +602,16 @@ impl Driver {
                     None => (404, json!({ "error": format!("no item {id} on this node") }).to_string()),
                 }
             }
+            "/network" => {
+                let status = self.journal.node().status(self.clock.now());
+                let body = json!({
+                    "max_age_s": mynet_core::netstatus::MAX_AGE_MS / 1000,
+                    "interval_s": mynet_core::netstatus::INTERVAL_MS / 1000,
+                    "reports": status.network,
+                    "broadcast": status.broadcast,
+                });
+                (200, body.to_string())
+            }
             "/config" | "/config/running" => {
                 (200, serde_json::to_string(self.journal.node().config()).unwrap_or_default())
             }
@@ -702,6 +712,7 @@ impl Driver {
             "states": status.states,
             "dht": status.dht,
             "lan": self.lan_json(&status.lan),
+            "broadcast": status.broadcast,
             "event_log_next_seq": self.journal.log().next_seq(),
             "event_log_durable_seq": self.durable.borrow().clone().unwrap_or_default(),
             "outputs_awaiting_durability": self.held.len(),

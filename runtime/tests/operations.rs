@@ -123,7 +123,7 @@ fn raw_get(node: &RunningNode, path: &str, with_token: bool) -> (u16, String) {
 #[test]
 fn status_metrics_history_and_dashboard() {
     let root = tempfile::tempdir().expect("tempdir");
-    let a = first_node(root.path(), READY);
+    let mut a = first_node(root.path(), READY);
     let mut b = RunningNode::start(&joiner(root.path(), "b", &a, json!({})));
     b.wait_status(READY, |s| s["peer_count"] == 1);
     // The first sample is taken at start, the second 5 s later.
@@ -189,4 +189,20 @@ fn status_metrics_history_and_dashboard() {
     assert!(url.starts_with("http://127.0.0.1:") && url.contains("/#token="), "{url}");
     let peers = last_json(&mynet(&b.dir, &["peers", "--json"]));
     assert_eq!(peers["peer_count"], 1);
+
+    // The signed status broadcast: A shows what B reported of itself.
+    let b_id = status["node_id"].clone();
+    let a_dir = a.dir.clone();
+    a.wait_status(Duration::from_secs(10), |_| {
+        last_json(&mynet(&a_dir, &["network", "--json"]))["reports"].as_array().is_some_and(|r| !r.is_empty())
+    });
+    let network = last_json(&mynet(&a.dir, &["network", "--json"]));
+    let report = &network["reports"][0];
+    assert_eq!(report["node_id"], b_id);
+    assert_eq!(report["phase"], "ready");
+    assert_eq!(report["items"], 0);
+    assert_eq!(network["max_age_s"], 90);
+    let out = mynet(&a.dir, &["network"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&b_id.as_str().expect("id")[..16]) && table.contains("1 node reported"), "{table}");
 }

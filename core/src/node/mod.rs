@@ -62,10 +62,11 @@ struct State {
     states: crate::states::States,
     dht: crate::dht::Dht,
     lan: crate::lan::Lan,
+    netstatus: crate::netstatus::NetStatus,
 }
 
 /// Format byte of node snapshots.
-pub const SNAPSHOT_FORMAT: u8 = 8;
+pub const SNAPSHOT_FORMAT: u8 = 9;
 
 /// Encoded outputs are hashed in blocks of this size (BLAKE3 is several times faster on long
 /// inputs than on many short ones).
@@ -166,6 +167,7 @@ impl Node {
             states: crate::states::States::default(),
             dht: crate::dht::Dht::new(identity.node_id()),
             lan: crate::lan::Lan::default(),
+            netstatus: crate::netstatus::NetStatus::default(),
         };
         let mut node = Node {
             identity,
@@ -320,6 +322,8 @@ impl Node {
             states: self.state.states.status(self.state.reconcile.catalogue(), now.wall_ms),
             dht: self.state.dht.status(),
             lan: self.state.lan.status(),
+            network: self.state.netstatus.reports(now.mono),
+            broadcast: self.state.netstatus.stats().clone(),
         }
     }
 
@@ -476,6 +480,7 @@ impl Node {
             s.reconcile.poll_timeout().map(|at| (at, TimerKind::Reconcile)),
             s.dht.poll_timeout().map(|at| (at, TimerKind::Dht)),
             s.lan.poll_timeout().map(|at| (at, TimerKind::Lan)),
+            s.netstatus.poll_timeout().map(|at| (at, TimerKind::Status)),
         ]
         .into_iter()
         .flatten()
@@ -539,6 +544,21 @@ impl Node {
         self.state.dht.handle_timeout(&mut cx!(self));
         self.run_deferred();
         self.state.lan.handle_timeout(&mut cx!(self), &self.identity);
+        self.run_deferred();
+        let figures = self.report_figures();
+        self.state.netstatus.handle_timeout(&mut cx!(self), &self.identity, || figures);
+    }
+
+    /// What our status report says of us.
+    fn report_figures(&self) -> crate::netstatus::Figures {
+        let (content, _) = self.state.content.status();
+        crate::netstatus::Figures {
+            uptime_s: self.state.now.mono.ms_since(self.state.started.mono) / 1000,
+            peers: self.state.conns.established().filter(|(_, c, _)| !c.transient).count() as u32,
+            items: content.items,
+            bytes_stored: content.bytes_stored,
+            catalogue_items: self.state.reconcile.catalogue().len() as u64,
+        }
     }
 
     fn handle_piece(&mut self, conn: ConnId, request: RequestId, header: PieceHeader, hash: [u8; 32], data: PieceData) {
@@ -578,6 +598,7 @@ impl Node {
         self.state.content.on_restart();
         self.state.reconcile.on_restart();
         self.state.dht.on_restart();
+        self.state.netstatus.on_restart();
         let now = self.state.now;
         self.start(now);
     }
@@ -616,6 +637,7 @@ impl Node {
         self.state.reconcile.on_shutdown();
         self.state.dht.on_shutdown();
         self.state.lan.on_shutdown();
+        self.state.netstatus.on_shutdown();
     }
 
     // ---- start-up ----
@@ -645,6 +667,7 @@ impl Node {
             }
             Startup::InitialSyncDone if self.state.phase == Phase::InitialSync => {
                 self.set_phase(Phase::BackgroundServices);
+                self.state.netstatus.start(&cx!(self));
                 self.set_phase(Phase::Ready);
                 let peers = self.state.conns.established().count() as u32;
                 cx!(self).event(Event::Initialized { peers });

@@ -35,6 +35,7 @@ impl Node {
                     Request::Content(r) => self.state.content.handle_request(&mut cx!(self), conn_id, id, r),
                     Request::Reconcile(r) => self.state.reconcile.handle_request(&mut cx!(self), conn_id, id, r),
                     Request::Dht(r) => self.state.dht.handle_request(&mut cx!(self), conn_id, peer, id, r),
+                    Request::Status(r) => self.state.netstatus.handle_request(&mut cx!(self), conn_id, id, r),
                 }
             }
             Message::Response { id, body } => {
@@ -87,6 +88,8 @@ impl Node {
                 self.state.reconcile.handle_response(&mut cx!(self), conn, pending, r)
             }
             (Origin::Dht, Response::Dht(r)) => self.state.dht.handle_response(&mut cx!(self), conn, pending, r),
+            // A peer noted our report: nothing more to do.
+            (Origin::Status, Response::Status(_)) => {}
             // Kinds were matched against the request, so the protocol matches too.
             _ => {}
         }
@@ -98,6 +101,8 @@ impl Node {
             Origin::Content => self.state.content.on_request_failed(&mut cx!(self), conn, pending),
             Origin::Reconcile => self.state.reconcile.on_request_failed(&mut cx!(self), conn, pending),
             Origin::Dht => self.state.dht.on_request_failed(&mut cx!(self), conn, pending),
+            // A report that was not noted is not sent again: the next one comes in 30 s.
+            Origin::Status => {}
         }
     }
 

@@ -104,6 +104,7 @@ pub enum TimerKind {
     Reconcile,
     Dht,
     Lan,
+    Status,
 }
 
 /// A connection that just ended, as every module hears of it.
@@ -182,4 +183,9 @@ pub struct NodeStatus {
     /// LAN discovery: announcements sent, heard, accepted, refused.
     #[serde(default)]
     pub lan: crate::lan::LanStatus,
+    /// The status broadcast: what peers reported, and the module's counters.
+    #[serde(default)]
+    pub network: Vec<crate::netstatus::ReportStatus>,
+    #[serde(default)]
+    pub broadcast: crate::netstatus::NetStatusStats,
 }

@@ -554,6 +554,19 @@ fn describe_message(message: &Message, mentions: &mut Mentions) -> String {
             mynet_core::content::proto::Response::Page { cvs } => format!("page {id}: {} entries", cvs.len()),
             other => format!("{} {id}", other.kind()),
         },
+        Message::Request { id, body: Request::Status(mynet_core::netstatus::Request::Report(r)) } => {
+            mentions.ids.push(r.node_id);
+            format!(
+                "status_report {id} from {} #{}: {}, {} peers, {} items, {} bytes",
+                r.node_id.short(),
+                r.seq,
+                r.phase.name(),
+                r.peers,
+                r.items,
+                r.bytes_stored
+            )
+        }
+        Message::Response { id, body: Response::Status(_) } => format!("status_noted {id}"),
         Message::Request { id, body: Request::Reconcile(request) } => describe_reconcile_request(*id, request),
         Message::Response { id, body: Response::Reconcile(response) } => describe_reconcile_response(*id, response),
         Message::Request { id, body: Request::Dht(request) } => match request {
