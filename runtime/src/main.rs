@@ -17,6 +17,7 @@ mod metrics;
 mod noise;
 mod out;
 mod replay;
+mod sim_progress;
 mod startup;
 mod transport;
 
@@ -245,6 +246,10 @@ struct SimArgs {
     /// If the run fails at a node, write that node's event log to DIR.
     #[arg(long, value_name = "DIR")]
     dump_on_failure: Option<PathBuf>,
+    /// Write a self-contained HTML page to FILE: nodes up, peers, items replicated, faults and
+    /// invariant checks over simulated time, the parameters and the summary (also on failure).
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
     /// Run twice and compare event by event; report the first event where the runs differ.
     #[arg(long)]
     check_determinism: bool,
@@ -520,12 +525,24 @@ fn sim(args: SimArgs) -> Result<()> {
     if args.dump_on_failure.is_some() {
         config.keep_logs = (0..args.nodes).collect();
     }
+    if let Some(path) = &args.report {
+        if args.check_determinism {
+            bail!("--report draws one run; it cannot be combined with --check-determinism");
+        }
+        // Before the run, which may be long.
+        mynet_sim::html::check_writable(path).with_context(|| {
+            format!("--report {}: cannot write there; name a file in a writable directory", path.display())
+        })?;
+        config.timeline = true;
+    }
     if args.check_determinism {
         return check_determinism(config);
     }
     let command = config.command();
+    let mut progress = sim_progress::SimProgress::new(config.duration_ms * 1000);
     let mut world = mynet_sim::World::new(config);
-    let outcome = world.run();
+    let outcome = world.run_with_progress(|now_us| progress.update(now_us));
+    progress.clear();
     if let Some((node, path)) = dump {
         replay::dump_sim_log(&world, node, &path)?;
         eprintln!(
@@ -534,7 +551,12 @@ fn sim(args: SimArgs) -> Result<()> {
             path.display()
         );
     }
+    let summary = world.summary();
+    let report = args.report.as_deref().map(|path| write_report(&world, &summary, outcome.as_ref().err(), path));
     if let Err(err) = outcome {
+        if let Some(Err(report_err)) = &report {
+            eprintln!("error: {report_err:#}");
+        }
         if let (Some(dir), Some(node)) = (&args.dump_on_failure, err.node()) {
             replay::dump_sim_log(&world, node, dir)?;
             eprintln!(
@@ -543,10 +565,24 @@ fn sim(args: SimArgs) -> Result<()> {
                 dir.display()
             );
         }
-        outln!("{}", json!({ "error": err.to_string(), "reproduce": command, "summary": world.summary() }));
+        outln!("{}", json!({ "error": err.to_string(), "reproduce": command, "summary": summary }));
         bail!("{err}");
     }
-    outln!("{}", serde_json::to_string(&world.summary())?);
+    outln!("{}", serde_json::to_string(&summary)?);
+    report.transpose().map(|_| ())
+}
+
+/// Writes the run's report page to `path` (atomically).
+fn write_report(
+    world: &mynet_sim::World,
+    summary: &mynet_sim::Summary,
+    failure: Option<&mynet_sim::SimError>,
+    path: &std::path::Path,
+) -> Result<()> {
+    let report = mynet_sim::html::Report::of(world, summary, failure).context("the run kept no samples")?;
+    mynet_sim::html::write_atomically(path, &mynet_sim::html::page(&report))
+        .with_context(|| format!("writing the report to {}", path.display()))?;
+    eprintln!("wrote the report to {}", path.display());
     Ok(())
 }
 

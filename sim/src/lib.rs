@@ -9,6 +9,7 @@
 pub mod adversary;
 pub mod clock;
 pub mod faults;
+pub mod html;
 pub mod invariant;
 pub mod log;
 pub mod net;
@@ -16,7 +17,10 @@ pub mod stats;
 pub mod world;
 
 pub use invariant::{LivenessFailure, Violation};
-pub use world::{SimConfig, SimError, Summary, TraceEvent, World, first_divergence};
+pub use world::{
+    SAMPLES_MAX, Sample, SimConfig, SimError, Summary, Timeline, TraceEvent, World, first_divergence,
+    sample_interval_us,
+};
 
 /// Runs a whole simulation and returns its summary.
 pub fn run(config: SimConfig) -> Result<Summary, world::SimError> {

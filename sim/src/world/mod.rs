@@ -2,7 +2,8 @@
 //!
 //! `mod.rs` holds the run configuration, the event queue and the main loop; `nodes.rs` the
 //! honest nodes (start, inputs, safety checks, crashes and restarts); `network.rs` the links
-//! and the misbehaving peers; `report.rs` liveness, observation and the summary.
+//! and the misbehaving peers; `report.rs` liveness, observation and the summary; `timeline.rs`
+//! the samples over simulated time that `--report` plots.
 
 mod content;
 mod dht;
@@ -13,6 +14,7 @@ mod reconcile;
 mod report;
 mod states;
 mod sybil;
+mod timeline;
 
 pub use content::{ContentFault, ContentSummary, SimItem};
 pub use lan::LanSummary;
@@ -20,6 +22,7 @@ pub use reconcile::ReconcileSummary;
 
 use report::EVENT_KINDS;
 pub use report::{TraceEvent, first_divergence, is_connected};
+pub use timeline::{SAMPLES_MAX, Sample, Timeline, sample_interval_us};
 
 use core::net::SocketAddr;
 use std::cmp::Reverse;
@@ -49,6 +52,8 @@ use crate::stats::{Durations, Percentiles};
 pub const WALL_EPOCH_MS: u64 = 1_750_000_000_000;
 /// Most events one run may process; a run that needs more is stuck in a loop.
 pub const EVENTS_MAX: u64 = 20_000_000_000;
+/// The progress callback of [`World::run_with_progress`] is called every this many events.
+pub const PROGRESS_EVENTS: u64 = 1024;
 /// How often a simulated node makes its log durable.
 pub const SYNC_INTERVAL_US: u64 = 200_000;
 /// A node whose start-up failed is restarted after this long (as a service manager would).
@@ -76,6 +81,9 @@ pub struct SimConfig {
     pub heal_fraction: f64,
     /// Record a per-event digest so two runs can be compared event by event.
     pub record_trace: bool,
+    /// Sample the run over simulated time for a report (`--report`); reads state only, so the
+    /// run and its trace hash are the same without it.
+    pub timeline: bool,
     /// Items added at random nodes during the run (`--content N`).
     pub content: usize,
     /// Sizes of the first items, instead of random ones (tests of large, multi-page items).
@@ -117,6 +125,7 @@ impl SimConfig {
             faults: FaultProfile::named("none", seed).unwrap_or_default(),
             heal_fraction: 0.6,
             record_trace: false,
+            timeline: false,
             content: 0,
             content_sizes: Vec::new(),
             updates: 0,
@@ -167,11 +176,13 @@ impl SimConfig {
         )
     }
 
-    fn join_spread_ms(&self) -> u64 {
+    /// Nodes join within this long of the start.
+    pub(crate) fn join_spread_ms(&self) -> u64 {
         self.join_spread_ms.unwrap_or_else(|| (self.nodes as u64 * 100).min(self.duration_ms / 4))
     }
 
-    fn heal_at_us(&self) -> u64 {
+    /// Faults stop at this simulated time.
+    pub(crate) fn heal_at_us(&self) -> u64 {
         (self.duration_ms as f64 * 1000.0 * self.heal_fraction) as u64
     }
 }
@@ -471,6 +482,9 @@ pub struct World {
     trace_events: Vec<TraceEvent>,
     trace_fold: u64,
     events: u64,
+    /// Node steps whose safety checks ran (see [`Sample::safety_checks`]).
+    safety_checks: u64,
+    timeline: Option<Timeline>,
     messages: u64,
     bytes: u64,
     counts: FaultCounts,
@@ -545,6 +559,7 @@ impl World {
             );
             nodes.push(node);
         }
+        let timeline = config.timeline.then(|| Timeline::new(config.duration_ms * 1000));
         let mut world = World {
             honest: config.nodes,
             config,
@@ -560,6 +575,8 @@ impl World {
             trace_events: Vec::new(),
             trace_fold: 0,
             events: 0,
+            safety_checks: 0,
+            timeline,
             messages: 0,
             bytes: 0,
             counts: FaultCounts::new(),
@@ -641,7 +658,14 @@ impl World {
 
     /// Runs until the configured duration, then checks liveness.
     pub fn run(&mut self) -> Result<(), SimError> {
-        self.run_until(self.config.duration_ms * 1000)?;
+        self.run_with_progress(|_| {})
+    }
+
+    /// [`World::run`], calling `progress` with the simulated time (µs) every
+    /// [`PROGRESS_EVENTS`] events; it only observes.
+    pub fn run_with_progress(&mut self, mut progress: impl FnMut(u64)) -> Result<(), SimError> {
+        self.run_steps(self.config.duration_ms * 1000, &mut progress)?;
+        self.sample_now();
         self.check_liveness()?;
         self.check_content()?;
         self.check_reconcile()?;
@@ -651,10 +675,16 @@ impl World {
 
     /// Processes every event up to simulated time `until_us`.
     pub fn run_until(&mut self, until_us: u64) -> Result<(), SimError> {
+        self.run_steps(until_us, &mut |_| {})
+    }
+
+    fn run_steps(&mut self, until_us: u64, progress: &mut dyn FnMut(u64)) -> Result<(), SimError> {
         while let Some(Reverse(next)) = self.queue.peek() {
             if next.at_us > until_us {
                 break;
             }
+            let at_us = next.at_us;
+            self.sample_before(at_us);
             let Some(Reverse(Scheduled { at_us, ev, .. })) = self.queue.pop() else { break };
             self.now_us = at_us;
             self.events += 1;
@@ -662,9 +692,17 @@ impl World {
                 return Err(SimError::Runaway { command: self.config.command() });
             }
             self.trace_event(at_us, &ev);
-            self.step(ev)?;
+            if let Err(err) = self.step(ev) {
+                // The report shows the state at the step that failed.
+                self.sample_now();
+                return Err(err);
+            }
+            if self.events.is_multiple_of(PROGRESS_EVENTS) {
+                progress(self.now_us);
+            }
         }
         self.now_us = self.now_us.max(until_us);
+        self.sample_through(until_us);
         Ok(())
     }
 

@@ -90,6 +90,7 @@ impl World {
     }
 
     pub(super) fn after_step(&mut self, n: usize, mut outputs: Vec<Output>) -> Result<(), SimError> {
+        self.safety_checks += 1;
         let check = self.honest(n).and_then(|h| h.journaled.as_ref()).map(|j| j.node().check_invariants());
         if let Some(Err(violation)) = check {
             return Err(self.invariant(n, Violation::Node(violation)));

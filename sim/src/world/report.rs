@@ -65,6 +65,11 @@ impl World {
         self.now_us
     }
 
+    /// What the run simulates.
+    pub fn config(&self) -> &SimConfig {
+        &self.config
+    }
+
     /// How many honest nodes.
     pub fn len(&self) -> usize {
         self.honest
