@@ -151,10 +151,26 @@ async fn dashboard() -> Response {
 }
 
 /// Asks the driver; `None` if it is gone or did not answer in time.
-async fn forward(requests: &mpsc::Sender<ApiRequest>, path: String, input: Option<Input>) -> Option<(u16, String)> {
+pub(crate) async fn forward(
+    requests: &mpsc::Sender<ApiRequest>,
+    path: String,
+    input: Option<Input>,
+) -> Option<(u16, String)> {
     let (reply, answer) = oneshot::channel();
     requests.send(ApiRequest { path, input, reply }).await.ok()?;
     tokio::time::timeout(ANSWER_TIMEOUT, answer).await.ok()?.ok()
+}
+
+/// [`forward`] for a JSON answer with status 200; `None` otherwise.
+pub(crate) async fn forward_json(
+    requests: &mpsc::Sender<ApiRequest>,
+    path: &str,
+    input: Option<Input>,
+) -> Option<Value> {
+    match forward(requests, path.to_string(), input).await? {
+        (200, body) => serde_json::from_str(&body).ok(),
+        _ => None,
+    }
 }
 
 async fn answer(requests: &mpsc::Sender<ApiRequest>, path: String, input: Option<Input>) -> Response {

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use mynet_core::Input;
 use mynet_core::config::{BOOTSTRAP_FILE, Config, Layer, NODE_CONFIG_FILE};
 use serde_json::{Map, Value, json};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::datadir::{DataDir, replace_file};
 use crate::driver::ApiRequest;
@@ -52,7 +52,8 @@ pub async fn set(dir: &DataDir, requests: &mpsc::Sender<ApiRequest>, field: &str
     let live = Config::applies_live(field);
     let new_value = serde_json::to_value(&config)?.get(field).cloned().unwrap_or(Value::Null);
     if live {
-        let running = ask(requests, Some(Input::Configure { config: Box::new(config) })).await;
+        let input = Input::Configure { config: Box::new(config) };
+        let running = crate::api::forward_json(requests, "/config/running", Some(input)).await;
         let applied = running.as_ref().and_then(|r| r.get(field)) == Some(&new_value);
         if !applied {
             // Put the file back as it was: the node did not take the change.
@@ -75,15 +76,4 @@ pub async fn set(dir: &DataDir, requests: &mpsc::Sender<ApiRequest>, field: &str
         "applied": live,
         "file": path.display().to_string(),
     }))
-}
-
-/// Feeds `input` (if any) and returns the running node's config.
-async fn ask(requests: &mpsc::Sender<ApiRequest>, input: Option<Input>) -> Option<Value> {
-    let (reply, answer) = oneshot::channel();
-    requests.send(ApiRequest { path: "/config/running".into(), input, reply }).await.ok()?;
-    let (status, body) = answer.await.ok()?;
-    if status != 200 {
-        return None;
-    }
-    serde_json::from_str(&body).ok()
 }

@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc};
 
 use crate::driver::ApiRequest;
 
@@ -498,21 +498,14 @@ pub async fn run(metrics: SharedMetrics, requests: mpsc::Sender<ApiRequest>, dat
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Some(status) = ask(&requests, "/status").await else { return };
-        let Some(config) = ask(&requests, "/config/running").await else { return };
+        let Some(status) = crate::api::forward_json(&requests, "/status", None).await else { return };
+        let Some(config) = crate::api::forward_json(&requests, "/config/running", None).await else { return };
         let open = u(&status, "/peer_count") + u(&status, "/connections_handshaking");
         let probe = probe.clone();
         let read = tokio::task::spawn_blocking(move || probe.lock().map(|mut p| p.read(open)).unwrap_or_default());
         let resources = read.await.unwrap_or_default();
         metrics.lock().await.record(status, resources, &config);
     }
-}
-
-async fn ask(requests: &mpsc::Sender<ApiRequest>, path: &str) -> Option<Value> {
-    let (reply, answer) = oneshot::channel();
-    requests.send(ApiRequest { path: path.into(), input: None, reply }).await.ok()?;
-    let (_, body) = answer.await.ok()?;
-    serde_json::from_str(&body).ok()
 }
 
 #[cfg(test)]

@@ -379,9 +379,10 @@ impl Describer {
                 format!("decrypting {parent} {} {child}", if *ok { "gives" } else { "does not give" })
             }
             Input::Configure { config } => {
+                let values = serde_json::to_value(config.as_ref()).unwrap_or_default();
                 let fields: Vec<String> = mynet_core::config::LIVE_FIELDS
                     .iter()
-                    .filter_map(|f| serde_json::to_value(config.as_ref()).ok()?.get(f).map(|v| format!("{f}={v}")))
+                    .filter_map(|f| values.get(f).map(|v| format!("{f}={v}")))
                     .collect();
                 format!("operator config (live fields): {}", fields.join(" "))
             }
