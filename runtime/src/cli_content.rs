@@ -186,7 +186,8 @@ impl Progress {
     }
 }
 
-fn human(bytes: u64) -> String {
+/// Bytes in binary units: `512 B`, `1.5 MiB`.
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
     let mut unit = 0;
