@@ -14,6 +14,7 @@ use crate::dht;
 use crate::discovery;
 use crate::handshake::{self, Hello};
 use crate::reconcile;
+use crate::refusal::Refusal;
 use crate::request::RequestId;
 
 pub use crate::discovery::{EXCLUDE_MAX, NetworkInfo, NetworkStats, PEERS_PER_ANSWER_MAX, PeerRecord};
@@ -49,6 +50,9 @@ pub enum Message {
     /// The sender no longer wants the answer to its request `id` (an endgame duplicate that
     /// lost the race): the receiver drops it if it has not sent it yet. No answer.
     Cancel { id: RequestId },
+    /// The responder refuses the connection and says why, signed and bound to the channel,
+    /// instead of its handshake answer; it closes the connection next (see `refusal`).
+    Refused(Refusal),
 }
 
 /// A request, by protocol. Adding a protocol adds one variant here and in [`Response`].
@@ -116,6 +120,7 @@ pub enum Kind {
     Providers,
     AddProviders,
     Added,
+    ConnectionRefused,
 }
 
 impl Kind {
@@ -158,6 +163,7 @@ impl Kind {
             Kind::Providers => "providers",
             Kind::AddProviders => "add_providers",
             Kind::Added => "added",
+            Kind::ConnectionRefused => "connection_refused",
         }
     }
 }
@@ -231,6 +237,7 @@ impl Message {
             Message::Response { body, .. } => body.kind(),
             Message::Piece { .. } => Kind::Piece,
             Message::Cancel { .. } => Kind::Cancel,
+            Message::Refused(_) => Kind::ConnectionRefused,
         }
     }
 
@@ -247,6 +254,7 @@ impl Message {
             Message::Response { body: Response::Dht(r), .. } => r.check_bounds(),
             Message::Piece { header, .. } => header.piece_len().map(|_| ()),
             Message::Cancel { .. } => Ok(()),
+            Message::Refused(refusal) => refusal.check_bounds(),
         }
     }
 }

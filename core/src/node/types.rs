@@ -93,6 +93,8 @@ impl Input {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TimerKind {
     Handshake(ConnId),
+    /// A connection being refused did not get its secure channel up in time.
+    Refusal(ConnId),
     Request(ConnId),
     BootstrapRetry,
     Discovery,
@@ -178,4 +180,7 @@ pub struct NodeStatus {
     /// LAN discovery: announcements sent, heard, accepted, refused.
     #[serde(default)]
     pub lan: crate::lan::LanStatus,
+    /// Connections being refused now, and nodes that refused us whose retry hint runs.
+    #[serde(default)]
+    pub refusals: crate::refusal::RefusalStatus,
 }
