@@ -6,6 +6,7 @@ mod cli_content;
 mod cli_states;
 mod content;
 mod datadir;
+mod devnet;
 mod driver;
 mod durability;
 mod invite;
@@ -134,6 +135,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Run a seeded simulation of many nodes; prints a JSON summary as the last line.
     Sim(SimArgs),
+    /// Start N real nodes on 127.0.0.1..N, wired to each other, until Ctrl-C.
+    Devnet(devnet::DevnetArgs),
 }
 
 #[derive(Subcommand)]
@@ -298,6 +301,7 @@ fn main() -> ExitCode {
         Command::Config { command: ConfigCommand::Show } => config_show(&dir),
         Command::Replay(args) => return replay::run(&dir, &args),
         Command::Sim(args) => sim(args),
+        Command::Devnet(args) => devnet::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
