@@ -1,13 +1,15 @@
 //! Bootstrap (SPEC R4.1, R4.2): dial every configured bootstrap node in rounds, backing off
-//! between rounds, until one answers or the rounds run out and start-up fails.
+//! between rounds, until one answers or the rounds run out and start-up fails. A bootstrap node
+//! that refused us (see `refusal`) is not dialled again before its retry hint has passed, and a
+//! failed start-up names what the refusing nodes said.
 
 use core::net::SocketAddr;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::context::{Cx, Startup};
-use crate::event::{CloseReason, Event, Phase, StartupFailure};
+use crate::event::{BootstrapRefusal, CloseReason, Event, Phase, StartupFailure};
 use crate::handshake::Link;
 use crate::id::NodeId;
 use crate::time::Mono;
@@ -22,7 +24,15 @@ pub struct Bootstrap {
     retry_at: Option<Mono>,
     /// Whether this process's bootstrap phase is over (later bootstrap links are ordinary).
     done: bool,
+    /// Bootstrap nodes whose last word this phase was a signed refusal (at most one entry per
+    /// configured node), for the start-up failure to name.
+    refused: BTreeMap<NodeId, BootstrapRefusal>,
 }
+
+/// A bootstrap node asking us to wait longer than this makes start-up fail at once, naming the
+/// refusal, instead of sitting in the bootstrap phase (limits ask for 15-30 s, bans for their
+/// time left).
+pub const HINT_WAIT_MS_MAX: u64 = 300_000;
 
 impl Bootstrap {
     /// Starts (or, after a restart, restarts) the bootstrap phase.
@@ -76,7 +86,8 @@ impl Bootstrap {
         self.round += 1;
         self.connected_this_round = 0;
         for node in &cx.config.bootstrap_nodes.clone() {
-            if cx.conns.has_conn_to(&node.node_id) {
+            // A node that refused us is left alone until its retry hint has passed.
+            if cx.conns.has_conn_to(&node.node_id) || cx.refusals.waiting_for(&node.node_id, cx.now.mono).is_some() {
                 continue;
             }
             match cx.dial(node.address, Some(node.node_id), true) {
@@ -98,9 +109,17 @@ impl Bootstrap {
         match failure {
             None => {
                 self.connected_this_round += 1;
+                self.refused.remove(&node_id);
                 cx.event(Event::BootstrapConnected { node_id, addr });
             }
-            Some(reason) => cx.event(Event::BootstrapFailed { node_id, addr, reason }),
+            Some(reason) => {
+                if let CloseReason::RefusedByPeer { reason, retry_after_ms } = &reason {
+                    let refusal =
+                        BootstrapRefusal { node_id, addr, reason: reason.clone(), retry_after_ms: *retry_after_ms };
+                    self.refused.insert(node_id, refusal);
+                }
+                cx.event(Event::BootstrapFailed { node_id, addr, reason })
+            }
         }
         if self.pending.is_empty() {
             self.round_over(cx);
@@ -116,14 +135,44 @@ impl Bootstrap {
             return cx.startup(Startup::BootstrapDone);
         }
         let (round, of) = (self.round, cx.config.bootstrap_attempts);
-        if round < of {
-            cx.event(Event::BootstrapRetry { round: round + 1, of });
-            // Exponential back-off: a busy bootstrap node gets time to release slots.
-            let backoff_ms = cx.config.bootstrap_retry_ms.saturating_mul(1 << (round.saturating_sub(1)).min(16));
-            self.retry_at = Some(cx.now.mono.plus_ms(backoff_ms));
-        } else {
-            self.done = true;
-            cx.startup(Startup::Failed(Phase::Bootstrap, StartupFailure::NoBootstrapReachable));
+        match self.hint_wait_ms(cx).filter(|_| round < of) {
+            Some(hint_ms) => {
+                cx.event(Event::BootstrapRetry { round: round + 1, of });
+                // Exponential back-off, a busy bootstrap node gets time to release slots; and
+                // never before some node's retry hint has passed, so the round dials someone.
+                let backoff_ms = cx.config.bootstrap_retry_ms.saturating_mul(1 << (round.saturating_sub(1)).min(16));
+                self.retry_at = Some(cx.now.mono.plus_ms(backoff_ms.max(hint_ms)));
+            }
+            None => {
+                self.done = true;
+                cx.startup(Startup::Failed(Phase::Bootstrap, self.failure(cx)));
+            }
         }
+    }
+
+    /// How long until some bootstrap node may be dialled again: 0 if one did not ask us to
+    /// wait; `None` if every one refused for good (another network, version) or asks for
+    /// longer than [`HINT_WAIT_MS_MAX`].
+    fn hint_wait_ms(&self, cx: &Cx<'_>) -> Option<u64> {
+        let now = cx.now.mono;
+        cx.config
+            .bootstrap_nodes
+            .iter()
+            .filter(|node| self.refused.get(&node.node_id).is_none_or(|r| r.retry_after_ms > 0))
+            .map(|node| cx.refusals.wait_left_ms(&node.node_id, now).unwrap_or(0))
+            .min()
+            .filter(|ms| *ms <= HINT_WAIT_MS_MAX)
+    }
+
+    /// Why start-up fails: the refusals heard, in config order, if there were any.
+    fn failure(&self, cx: &Cx<'_>) -> StartupFailure {
+        if self.refused.is_empty() {
+            return StartupFailure::NoBootstrapReachable;
+        }
+        let nodes = &cx.config.bootstrap_nodes;
+        let refused: Vec<BootstrapRefusal> =
+            nodes.iter().filter_map(|node| self.refused.get(&node.node_id).cloned()).collect();
+        let others = nodes.len().saturating_sub(refused.len()) as u32;
+        StartupFailure::BootstrapRefused { refused, others }
     }
 }

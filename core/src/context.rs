@@ -16,6 +16,7 @@ use crate::content::{ContentId, PieceData, PieceRef, Serve};
 use crate::event::{CloseReason, Direction, Event, Phase, StartupFailure};
 use crate::id::{ConnId, NodeId};
 use crate::penalties::{Offender, Penalties};
+use crate::refusal::Refusals;
 use crate::request::{Origin, Refused, RequestId, Requests};
 use crate::time::Time;
 use crate::wire::{self, FrameBuffer, Message, Request, Response};
@@ -82,6 +83,12 @@ pub struct Counters {
     /// Round trips of answered requests: bucket `i` counts those of at most `2^i` ms (the last
     /// bucket, everything longer). Pieces stream outside requests and are not counted.
     pub rtt_ms: [u64; RTT_BUCKETS],
+    /// Refusals we explained to the peer (signed `Refused` sent before closing).
+    pub refusals_explained: u64,
+    /// Refusals we closed without a word (over the explanation budget or rate).
+    pub refusals_silent: u64,
+    /// Signed refusals peers sent us.
+    pub refusals_heard: u64,
 }
 
 /// Buckets of [`Counters::rtt_ms`]: 1 ms, 2 ms, ... 16,384 ms, and longer.
@@ -96,7 +103,7 @@ impl Counters {
 }
 
 /// A start-up milestone a module reached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Startup {
     /// Bootstrap is over: at least one bootstrap node (or none configured) answered.
     BootstrapDone,
@@ -134,6 +141,9 @@ pub enum Deferred {
     Provide([u8; 32]),
     /// No connected peer holds item `id`: the DHT searches for providers.
     FindProviders([u8; 32]),
+    /// Tell the peer on `conn` (a refused Hello; the close follows) why, with this retry hint,
+    /// if the explanation rate allows.
+    Explain(ConnId, crate::refusal::RefusalReason, u32),
 }
 
 /// The node's queue of outputs, plus the running counters they feed.
@@ -172,6 +182,8 @@ pub struct Cx<'a> {
     pub requests: &'a mut Requests,
     /// Misbehaviour scores (read-only; add points with [`Cx::penalise`]).
     pub penalties: &'a Penalties,
+    /// Refusals (read-only here): which nodes asked us to wait before dialling them again.
+    pub refusals: &'a Refusals,
     /// Counters.
     pub counters: &'a mut Counters,
     pub(crate) out: &'a mut Outbox,
@@ -238,10 +250,14 @@ impl Cx<'_> {
         let _ = self.send(conn, &Message::Response { id, body });
     }
 
-    /// Dials `addr` if the limits allow; returns the new connection or why not.
+    /// Dials `addr` if the limits allow and `expect` did not ask us to wait (a refusal's retry
+    /// hint); returns the new connection or why not.
     pub fn dial(&mut self, addr: SocketAddr, expect: Option<NodeId>, bootstrap: bool) -> Result<ConnId, CloseReason> {
         if self.penalties.is_banned(&Offender::Ip(addr.ip()), self.now.mono) {
             return Err(CloseReason::Banned);
+        }
+        if let Some(ms_left) = expect.and_then(|node| self.refusals.wait_left_ms(&node, self.now.mono)) {
+            return Err(CloseReason::AskedToWait { ms_left });
         }
         if let Some(reason) = self.conns.admission_refusal(self.config, Direction::Outbound, addr.ip()) {
             return Err(reason);
@@ -262,19 +278,17 @@ impl Cx<'_> {
         Ok(conn)
     }
 
-    /// Accepts an inbound connection if the limits allow; otherwise refuses it.
-    pub(crate) fn accept(&mut self, conn: ConnId, addr: SocketAddr) {
-        let refusal = if self.penalties.is_banned(&Offender::Ip(addr.ip()), self.now.mono) {
-            Some(CloseReason::Banned)
-        } else {
-            self.conns.admission_refusal(self.config, Direction::Inbound, addr.ip())
-        };
-        if let Some(reason) = refusal {
-            self.counters.inbound_refused += 1;
-            self.event(Event::ConnectionClosed { conn, addr, peer: None, reason, by_us: true });
-            self.out.push(Output::Close { conn });
-            return;
+    /// Why an inbound connection from `addr` would be refused (a blacklisted address, a full
+    /// limit), if it would.
+    pub(crate) fn inbound_refusal(&self, addr: SocketAddr) -> Option<CloseReason> {
+        if self.penalties.is_banned(&Offender::Ip(addr.ip()), self.now.mono) {
+            return Some(CloseReason::Banned);
         }
+        self.conns.admission_refusal(self.config, Direction::Inbound, addr.ip())
+    }
+
+    /// Accepts an inbound connection that passed admission ([`Cx::inbound_refusal`]).
+    pub(crate) fn accept(&mut self, conn: ConnId, addr: SocketAddr) {
         self.open(conn, Direction::Inbound, addr, None, false);
         self.out.push(Output::Accept { conn });
     }
@@ -316,6 +330,26 @@ impl Cx<'_> {
     /// Reports a start-up milestone.
     pub fn startup(&mut self, step: Startup) {
         self.out.deferred.push_back(Deferred::Startup(step));
+    }
+
+    /// Tells the peer on `conn` why its Hello is refused (the close follows), with the hint for
+    /// `reason` (`banned`: whose ban it is), once the current module returns.
+    pub fn explain(&mut self, conn: ConnId, reason: crate::refusal::RefusalReason, banned: Option<Offender>) {
+        let retry_after_ms = self.retry_hint(&reason, banned);
+        self.out.deferred.push_back(Deferred::Explain(conn, reason, retry_after_ms));
+    }
+
+    /// The retry hint to give with `reason` (`banned`: whose ban it is, for the time it has
+    /// left); limits get jitter from the node's generator.
+    pub fn retry_hint(&mut self, reason: &crate::refusal::RefusalReason, banned: Option<Offender>) -> u32 {
+        use crate::refusal::RefusalReason;
+        use rand_core::Rng;
+        let jitter = match reason {
+            RefusalReason::InboundLimit { .. } | RefusalReason::PerIpLimit { .. } => self.rng.next_u64(),
+            _ => 0,
+        };
+        let ban_left_ms = banned.and_then(|who| self.penalties.ban_left_ms(&who, self.now.mono));
+        crate::refusal::retry_hint(reason, jitter, ban_left_ms)
     }
 
     /// The address we tell peers to dial, if we listen on a fixed port.

@@ -271,7 +271,15 @@ impl Discovery {
         } else if !closed.established
             && let Some(expected) = closed.expect
         {
-            self.known.dial_failed(&expected, cx.now.mono);
+            match closed.reason {
+                // Another network or protocol version: it will never be a peer of ours.
+                CloseReason::RefusedByPeer { retry_after_ms: 0, .. } => self.known.forget(&expected),
+                CloseReason::RefusedByPeer { retry_after_ms, .. } => {
+                    let wait_ms = u64::from(retry_after_ms).min(crate::refusal::RETRY_HINT_MS_MAX);
+                    self.known.dial_failed_wait(&expected, cx.now.mono, wait_ms)
+                }
+                _ => self.known.dial_failed(&expected, cx.now.mono),
+            }
             // Short of peers (a dial made during a partition, a dead candidate): the next
             // round, which dials other candidates, comes soon rather than a whole interval on.
             let soon = cx.now.mono.plus_ms(REFILL_AFTER_FAILED_DIAL_MS);

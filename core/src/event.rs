@@ -12,6 +12,7 @@ use crate::content::{ContentId, TransferFailure};
 use crate::handshake::HandshakeError;
 use crate::id::{ConnId, NodeId};
 use crate::penalties::Offender;
+use crate::refusal::{RefusalReason, RetryHint};
 use crate::request::RequestId;
 use crate::wire::{Kind, WireError};
 
@@ -80,16 +81,53 @@ impl fmt::Display for Phase {
 }
 
 /// Why start-up failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StartupFailure {
     /// SPEC R4.2: every bootstrap round ended without one connection.
     NoBootstrapReachable,
+    /// Bootstrap ended without one connection, and these bootstrap nodes refused us (their last
+    /// word); `others` more could not be reached at all.
+    BootstrapRefused { refused: Vec<BootstrapRefusal>, others: u32 },
 }
+
+/// A bootstrap node that refused us during start-up, and what it said.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapRefusal {
+    pub node_id: NodeId,
+    pub addr: SocketAddr,
+    pub reason: RefusalReason,
+    pub retry_after_ms: u32,
+}
+
+/// Refusals named in a start-up failure at most; the rest are counted.
+pub const REFUSALS_NAMED_MAX: usize = 4;
 
 impl fmt::Display for StartupFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StartupFailure::NoBootstrapReachable => f.write_str("failed to connect to any bootstrap node"),
+            StartupFailure::BootstrapRefused { refused, others } => {
+                f.write_str("failed to connect to any bootstrap node: ")?;
+                for (i, r) in refused.iter().take(REFUSALS_NAMED_MAX).enumerate() {
+                    let sep = if i == 0 { "" } else { "; " };
+                    write!(
+                        f,
+                        "{sep}bootstrap node {} at {} refused: {} ({})",
+                        r.node_id,
+                        r.addr,
+                        r.reason,
+                        RetryHint(r.retry_after_ms)
+                    )?;
+                }
+                let unnamed = refused.len().saturating_sub(REFUSALS_NAMED_MAX);
+                if unnamed > 0 {
+                    write!(f, "; {unnamed} more refused")?;
+                }
+                if *others > 0 {
+                    write!(f, "; {others} more not reachable")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -117,6 +155,9 @@ pub enum Violation {
     Reconcile(String),
     /// A status report whose signature does not verify against the peer's key.
     BadStatusReport,
+    /// A refusal on a connection whose handshake had completed (refusals replace the
+    /// handshake answer).
+    RefusalAfterHandshake,
 }
 
 impl fmt::Display for Violation {
@@ -134,6 +175,7 @@ impl fmt::Display for Violation {
             Violation::ItemMeta(invalid) => write!(f, "signed item metadata refused: {}", invalid.as_str()),
             Violation::Reconcile(what) => write!(f, "reconciliation: {what}"),
             Violation::BadStatusReport => f.write_str("status report with a bad signature"),
+            Violation::RefusalAfterHandshake => f.write_str("refusal after the handshake completed"),
         }
     }
 }
@@ -172,6 +214,15 @@ pub enum CloseReason {
     Restarted,
     /// The driver reported the transport gone; the text is the driver's.
     Transport(String),
+    /// The peer refused us and said why (a signed refusal, see `refusal`).
+    RefusedByPeer {
+        reason: RefusalReason,
+        retry_after_ms: u32,
+    },
+    /// Not dialled: the peer refused us earlier and its retry hint has `ms_left` to run.
+    AskedToWait {
+        ms_left: u64,
+    },
 }
 
 impl CloseReason {
@@ -204,6 +255,12 @@ impl fmt::Display for CloseReason {
             CloseReason::Shutdown => f.write_str("node shutting down"),
             CloseReason::Restarted => f.write_str("node restarted"),
             CloseReason::Transport(why) => write!(f, "transport: {why}"),
+            CloseReason::RefusedByPeer { reason, retry_after_ms } => {
+                write!(f, "refused by the peer: {reason} ({})", RetryHint(*retry_after_ms))
+            }
+            CloseReason::AskedToWait { ms_left } => {
+                write!(f, "the peer refused us and asked us to wait {} s more", ms_left.div_ceil(1000))
+            }
         }
     }
 }

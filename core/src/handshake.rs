@@ -17,6 +17,7 @@ use crate::event::{CloseReason, Direction, Event};
 use crate::id::{ConnId, NodeId, PublicKey, bytes64};
 use crate::identity::{self, Identity};
 use crate::penalties::Offender;
+use crate::refusal::{Refusal, RefusalReason};
 use crate::wire::{Message, SHORT_STRING_MAX, WireError};
 
 /// Capabilities this build announces (SPEC R6.2 `supported_features`).
@@ -267,6 +268,10 @@ pub(crate) fn handle_message(cx: &mut Cx<'_>, identity: &Identity, conn_id: Conn
         (ConnState::AwaitAck { binding }, Message::HelloAck(hello)) => {
             handle_hello(cx, identity, conn_id, hello, Role::Responder, binding)
         }
+        (ConnState::AwaitAck { binding }, Message::Refused(refusal)) => {
+            handle_refusal(cx, conn_id, &refusal, binding);
+            None
+        }
         (_, message) => {
             cx.misbehaved(conn_id, CloseReason::BeforeHandshake(message.kind()));
             None
@@ -303,6 +308,10 @@ fn handle_hello(
     };
     if let Err(err) = verify_hello(&hello, role, binding, &expect) {
         cx.counters.handshakes_failed += 1;
+        // A dialler on another network, version or clock hears why (a forger learns nothing).
+        if let Some(reason) = RefusalReason::of_handshake(&err).filter(|_| role == Role::Initiator) {
+            cx.explain(conn_id, reason, None);
+        }
         let offensive = !matches!(err, HandshakeError::SelfConnection | HandshakeError::ClockSkew { .. });
         if offensive {
             cx.misbehaved(conn_id, CloseReason::Handshake(err));
@@ -317,6 +326,9 @@ fn handle_hello(
         return None;
     }
     if cx.penalties.is_banned(&Offender::Node(hello.node_id), cx.now.mono) {
+        if role == Role::Initiator {
+            cx.explain(conn_id, RefusalReason::Banned, Some(Offender::Node(hello.node_id)));
+        }
         cx.close(conn_id, CloseReason::Banned);
         return None;
     }
@@ -338,6 +350,24 @@ fn handle_hello(
         return None;
     }
     establish(cx, conn_id, &hello)
+}
+
+/// The node we dialled refused us and said why: checked like a handshake answer (the key
+/// proves the id, the signature covers this channel, the id is the one we dialled), then the
+/// connection closes with the refusal as its reason, which carries the retry hint to every
+/// module.
+fn handle_refusal(cx: &mut Cx<'_>, conn_id: ConnId, refusal: &Refusal, binding: Binding) {
+    if let Err(err) = refusal.verify(binding) {
+        cx.counters.handshakes_failed += 1;
+        return cx.misbehaved(conn_id, CloseReason::Handshake(err));
+    }
+    let Some(conn) = cx.conns.get(conn_id) else { return };
+    if let Some(expected) = conn.expect.filter(|e| *e != refusal.node_id) {
+        return cx.close(conn_id, CloseReason::UnexpectedIdentity { expected, got: refusal.node_id });
+    }
+    cx.counters.refusals_heard += 1;
+    let reason = CloseReason::RefusedByPeer { reason: refusal.reason.clone(), retry_after_ms: refusal.retry_after_ms };
+    cx.close(conn_id, reason);
 }
 
 /// If `conn_id` duplicates an established connection to `peer`, whether the existing one is

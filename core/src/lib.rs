@@ -23,6 +23,7 @@ pub mod node;
 pub mod peers;
 pub mod penalties;
 pub mod reconcile;
+pub mod refusal;
 pub mod request;
 pub mod states;
 pub mod time;

@@ -226,6 +226,12 @@ impl KnownPeers {
 
     /// Records a failed dial and schedules the next one with exponential back-off.
     pub fn dial_failed(&mut self, id: &NodeId, now: Mono) {
+        self.dial_failed_wait(id, now, 0);
+    }
+
+    /// Records a failed dial whose peer asked us to wait `wait_ms` (a refusal's retry hint):
+    /// the next one is after the back-off and the wait, whichever is later.
+    pub fn dial_failed_wait(&mut self, id: &NodeId, now: Mono, wait_ms: u64) {
         let Some(entry) = self.peers.get_mut(id) else { return };
         entry.failures = entry.failures.saturating_add(1);
         if !entry.verified && entry.failures >= UNVERIFIED_FAILURES_MAX {
@@ -233,7 +239,7 @@ impl KnownPeers {
             return;
         }
         let backoff_ms = 1000u64.saturating_mul(1 << entry.failures.min(20)).min(REDIAL_BACKOFF_MS_MAX);
-        entry.next_dial = now.plus_ms(backoff_ms);
+        entry.next_dial = now.plus_ms(backoff_ms.max(wait_ms));
         if let Some(slot) = self.all.get_mut(entry.slot as usize) {
             *slot = entry.dialable(*id);
         }

@@ -97,6 +97,12 @@ impl Penalties {
         self.scores.get(who).and_then(|p| p.banned_until).is_some_and(|until| now < until)
     }
 
+    /// Milliseconds left of `who`'s ban at `now`, if it is blacklisted.
+    pub fn ban_left_ms(&self, who: &Offender, now: Mono) -> Option<u64> {
+        let until = self.scores.get(who).and_then(|p| p.banned_until).filter(|until| now < *until)?;
+        Some(until.ms_since(now).max(1))
+    }
+
     /// Who is blacklisted at `now`, with the seconds left, in offender order.
     pub fn banned(&self, now: Mono) -> Vec<Banned> {
         self.scores

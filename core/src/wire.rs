@@ -15,6 +15,7 @@ use crate::discovery;
 use crate::handshake::{self, Hello};
 use crate::netstatus;
 use crate::reconcile;
+use crate::refusal::Refusal;
 use crate::request::RequestId;
 
 pub use crate::discovery::{EXCLUDE_MAX, NetworkInfo, NetworkStats, PEERS_PER_ANSWER_MAX, PeerRecord};
@@ -50,6 +51,9 @@ pub enum Message {
     /// The sender no longer wants the answer to its request `id` (an endgame duplicate that
     /// lost the race): the receiver drops it if it has not sent it yet. No answer.
     Cancel { id: RequestId },
+    /// The responder refuses the connection and says why, signed and bound to the channel,
+    /// instead of its handshake answer; it closes the connection next (see `refusal`).
+    Refused(Refusal),
 }
 
 /// A request, by protocol. Adding a protocol adds one variant here and in [`Response`].
@@ -123,6 +127,7 @@ pub enum Kind {
     Added,
     StatusReport,
     StatusNoted,
+    ConnectionRefused,
 }
 
 impl Kind {
@@ -167,6 +172,7 @@ impl Kind {
             Kind::Added => "added",
             Kind::StatusReport => "status_report",
             Kind::StatusNoted => "status_noted",
+            Kind::ConnectionRefused => "connection_refused",
         }
     }
 }
@@ -244,6 +250,7 @@ impl Message {
             Message::Response { body, .. } => body.kind(),
             Message::Piece { .. } => Kind::Piece,
             Message::Cancel { .. } => Kind::Cancel,
+            Message::Refused(_) => Kind::ConnectionRefused,
         }
     }
 
@@ -262,6 +269,7 @@ impl Message {
             Message::Response { body: Response::Status(r), .. } => r.check_bounds(),
             Message::Piece { header, .. } => header.piece_len().map(|_| ()),
             Message::Cancel { .. } => Ok(()),
+            Message::Refused(refusal) => refusal.check_bounds(),
         }
     }
 }

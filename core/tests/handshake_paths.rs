@@ -156,9 +156,13 @@ fn inbound_and_per_ip_limits_count_handshaking_connections() {
             Input::Incoming { conn: ConnId::inbound(i), addr: SocketAddr::from(([10, 0, 0, 9], 1000 + i as u16)) },
         );
     }
+    // The refused one is accepted only to hear why (outside the limits), then closed.
     let outputs = drain(&mut node);
+    assert!(outputs.contains(&Output::Accept { conn: ConnId::inbound(2) }));
+    node.check_invariants().expect("limits hold while it hears why");
+    node.handle(at(1), Input::Secured { conn: ConnId::inbound(2), binding: Binding([5; 32]) });
     assert_eq!(
-        closed_reason(&outputs, ConnId::inbound(2)),
+        closed_reason(&drain(&mut node), ConnId::inbound(2)),
         Some(CloseReason::PerIpLimit { ip: [10, 0, 0, 9].into(), max: 2 })
     );
     for i in 3..6u64 {
@@ -166,7 +170,10 @@ fn inbound_and_per_ip_limits_count_handshaking_connections() {
     }
     let outputs = drain(&mut node);
     assert!(outputs.contains(&Output::Accept { conn: ConnId::inbound(4) }));
-    assert_eq!(closed_reason(&outputs, ConnId::inbound(5)), Some(CloseReason::InboundLimit { max: 4 }));
+    let (inbound, _, _) = node.connection_counts();
+    assert_eq!(inbound, 4, "the refused connection is not counted against the limits");
+    node.handle(at(1), Input::Secured { conn: ConnId::inbound(5), binding: Binding([6; 32]) });
+    assert_eq!(closed_reason(&drain(&mut node), ConnId::inbound(5)), Some(CloseReason::InboundLimit { max: 4 }));
     node.check_invariants().expect("limits hold");
 }
 

@@ -242,7 +242,8 @@ impl Driver {
     ) -> Result<()> {
         tokio::pin!(shutdown);
         loop {
-            if let Some((_, reason)) = self.failure {
+            if let Some((_, reason)) = &self.failure {
+                let reason = reason.to_string();
                 self.finish().await?;
                 return Err(anyhow!("{reason}"));
             }
@@ -556,7 +557,7 @@ impl Driver {
             }
             Event::StartupFailed { phase, reason } => {
                 tracing::error!("{event}");
-                self.failure = Some((*phase, *reason));
+                self.failure = Some((*phase, reason.clone()));
             }
             Event::Initialized { .. } => tracing::info!("{event}"),
             Event::BootstrapFailed { .. } | Event::Penalised { .. } | Event::RequestTimedOut { .. } => {
@@ -564,6 +565,10 @@ impl Driver {
             }
             // The core bounds what it sends; a refusal is a bug worth an error line.
             Event::SendRefused { .. } => tracing::error!("{event}"),
+            // A peer that refused us said why: worth a warning, as the operator may act on it.
+            Event::ConnectionClosed { reason: mynet_core::CloseReason::RefusedByPeer { .. }, .. } => {
+                tracing::warn!("{event}")
+            }
             Event::ConnectionClosed { by_us: true, .. } => tracing::info!("{event}"),
             _ => tracing::info!("{event}"),
         }
@@ -713,6 +718,7 @@ impl Driver {
             "dht": status.dht,
             "lan": self.lan_json(&status.lan),
             "broadcast": status.broadcast,
+            "refusals": status.refusals,
             "event_log_next_seq": self.journal.log().next_seq(),
             "event_log_durable_seq": self.durable.borrow().clone().unwrap_or_default(),
             "outputs_awaiting_durability": self.held.len(),

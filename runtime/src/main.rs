@@ -8,6 +8,7 @@ mod cli_states;
 mod content;
 mod dashboard;
 mod datadir;
+mod devnet;
 mod driver;
 mod durability;
 mod invite;
@@ -170,6 +171,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     /// Run a seeded simulation of many nodes; prints a JSON summary as the last line.
     Sim(SimArgs),
+    /// Start N real nodes on 127.0.0.1..N, wired to each other, until Ctrl-C.
+    Devnet(devnet::DevnetArgs),
 }
 
 #[derive(Subcommand)]
@@ -355,6 +358,7 @@ fn main() -> ExitCode {
         }
         Command::Replay(args) => return replay::run(&dir, &args),
         Command::Sim(args) => sim(args),
+        Command::Devnet(args) => devnet::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

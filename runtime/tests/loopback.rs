@@ -336,3 +336,32 @@ fn joining_is_one_line() {
     assert_eq!((again["result"].as_str(), again["bootstrap_nodes"].as_u64()), (Some("already listed"), Some(1)));
     drop(b);
 }
+
+/// Refusals explain themselves (issue 12, point 8): a bootstrap node with `max_per_ip` 1 and
+/// two joiners on one IP. The second is refused, hears why over the secure channel, and its
+/// log and start-up failure name the per-IP limit with a retry hint, not only "connection
+/// closed by peer".
+#[test]
+fn a_refused_joiner_names_the_refusal_in_its_start_up_failure() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let a_dir = root.path().join("a");
+    configure(&a_dir, json!({ "max_per_ip": 1 }), &[]);
+    let mut a = RunningNode::start(&a_dir);
+    let a_id = a.wait_ready(READY)["node_id"].as_str().expect("id").to_string();
+    let first = RunningNode::start(&joiner(root.path(), "j1", &a, json!({})));
+    a.wait_status(READY, |s| s["peer_count"] == 1);
+    let mut second = RunningNode::start(&joiner(root.path(), "j2", &a, json!({ "bootstrap_attempts": 1 })));
+    let exit = second.wait_exit(READY);
+    assert!(!exit.success());
+    let log = second.log_text();
+    assert!(log.contains("refused by the peer: per-IP connection limit (1) reached (retry after "), "{log}");
+    let failure = format!(
+        "error: start-up failed in phase bootstrap: failed to connect to any bootstrap node: bootstrap node {a_id} at "
+    );
+    assert!(log.contains(&failure), "{log}");
+    assert!(log.contains("refused: per-IP connection limit (1) reached (retry after "), "{log}");
+    let status = a.try_status().expect("status");
+    assert!(status["counters"]["refusals_explained"].as_u64() >= Some(1), "{status}");
+    assert_eq!(status["peer_count"], 1, "the first joiner stays");
+    drop(first);
+}

@@ -59,3 +59,23 @@ fn bootstrap_node_keeps_room_for_newcomers_during_a_fast_join() {
     assert_eq!((summary.ready_nodes, summary.failed_nodes), (1000, 0), "{summary:?}");
     assert!(summary.connected && summary.peers_min >= 8, "{summary:?}");
 }
+
+/// Refusals that explain themselves (issue 12, point 8): forty nodes join within two seconds
+/// a network whose nodes take 8 inbound connections. The first node refuses most of them,
+/// each with a signed explanation and a 15-30 s retry hint (within its budget: at most 16
+/// being refused at once, a rate per IP and in all); the joiners hear why, wait for the hint
+/// and come back, and the network still converges, the same way on every run.
+#[test]
+fn a_crowded_bootstrap_node_explains_and_joiners_wait_for_the_hint() {
+    let mut config = SimConfig { join_spread_ms: Some(2_000), ..SimConfig::new(5, 40, 300_000) };
+    config.node_config.max_inbound = 8;
+    config.node_config.target_peers = 4;
+    let summary = run(config.clone()).expect("converges");
+    assert_eq!((summary.ready_nodes, summary.failed_nodes), (40, 0), "{summary:?}");
+    assert!(summary.connected, "{summary:?}");
+    let refusals = &summary.refusals;
+    assert!(refusals.explained >= 10, "the crowded node explained its refusals: {refusals:?}");
+    assert_eq!(refusals.heard, refusals.explained, "every explanation reached its dialler: {refusals:?}");
+    let again = run(config).expect("converges");
+    assert_eq!((summary.trace_hash, summary.events), (again.trace_hash, again.events));
+}

@@ -9,6 +9,7 @@ use mynet_core::content::PIECE_LEN;
 use mynet_core::content::stream::{Part, Splitter};
 use mynet_core::discovery;
 use mynet_core::handshake::{Binding, Hello, Role, build_hello};
+use mynet_core::refusal::{Refusal, RefusalReason};
 use mynet_core::wire::{self, FrameBuffer, Message, PeerRecord, Request, Response};
 use mynet_core::{Config, ConnId, Identity, Input, Node, NodeId, Output, PublicKey, RequestId, Time};
 use mynet_storage::log::{decode_record, encode_record};
@@ -261,6 +262,18 @@ fn message(bytes: &mut Bytes<'_>, h: &Harness) -> Message {
             let info = discovery::NetworkInfo { peers: records(bytes, n), ..Default::default() };
             Message::Response { id, body: Response::Discovery(discovery::Response::NetworkInfo(info)) }
         }
+        _ if arg % 2 == 1 => {
+            // A refusal signed by a fixture peer for one of the bindings (this channel's or
+            // not); some name a network longer than the decoder accepts.
+            let peer = &fixtures().peers[usize::from(arg / 32) % PEERS];
+            let reason = match arg % 6 {
+                1 => RefusalReason::PerIpLimit { max: u32::from(arg) },
+                3 => RefusalReason::WrongNetwork { ours: "x".repeat(usize::from(arg) % 70) },
+                _ => RefusalReason::Banned,
+            };
+            let binding = binding_of(usize::from(arg / 2) % BINDINGS);
+            Message::Refused(Refusal::sign(peer, binding, reason, u32::from(arg) * 997))
+        }
         _ => {
             let hello: Hello = build_hello(&fixtures().node, Role::Initiator, binding_of(0), "x", "1.0.0", 0, None);
             Message::Hello(hello)
@@ -387,6 +400,14 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         6, 0, 0, 6, 0, 0, 6, 0, 0, // deadlines pass
         5, 0, 0, // the transport closes
     ];
+    // The bootstrap node refuses the joining node (per-IP limit, signed for the dial's channel),
+    // then time passes: the next rounds wait for the hint.
+    let refused = vec![
+        20, 1, //
+        1, 0, 0, // secure the dial to the bootstrap node
+        3, 0, 0, 4, 1, 0, // its refusal
+        6, 0, 0, 6, 0, 0, 6, 0, 0, // deadlines pass
+    ];
     vec![
         ("frames", frames_seed),
         ("frames", vec![1, 0, 4, 0, 0, 0xff, 0xff, 0xff]),
@@ -414,5 +435,6 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         ("node_inputs", inbound_session),
         ("node_inputs", joining),
         ("node_inputs", vec![0; 40]),
+        ("node_inputs", refused),
     ]
 }

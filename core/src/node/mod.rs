@@ -33,6 +33,7 @@ use crate::id::{ConnId, NodeId, PublicKey};
 use crate::identity::Identity;
 use crate::penalties::{Offender, POINTS_HANDSHAKE, POINTS_VIOLATION, Penalties};
 use crate::reconcile::Reconcile;
+use crate::refusal::Refusals;
 use crate::request::{Answer, Expiry, Origin, Pending, RequestCounters, RequestId, Requests};
 use crate::time::{Mono, Time};
 use crate::wire::{self, Message, Request, Response};
@@ -53,6 +54,8 @@ struct State {
     conns: Conns,
     requests: Requests,
     penalties: Penalties,
+    /// Connections being refused, the explanation rate, and hints from nodes that refused us.
+    refusals: Refusals,
     counters: Counters,
     // Protocol modules, in the order they are told of shared happenings.
     bootstrap: Bootstrap,
@@ -66,7 +69,7 @@ struct State {
 }
 
 /// Format byte of node snapshots.
-pub const SNAPSHOT_FORMAT: u8 = 9;
+pub const SNAPSHOT_FORMAT: u8 = 10;
 
 /// Encoded outputs are hashed in blocks of this size (BLAKE3 is several times faster on long
 /// inputs than on many short ones).
@@ -136,6 +139,7 @@ macro_rules! cx {
             conns: &mut $node.state.conns,
             requests: &mut $node.state.requests,
             penalties: &$node.state.penalties,
+            refusals: &$node.state.refusals,
             counters: &mut $node.state.counters,
             out: &mut $node.out,
         }
@@ -143,6 +147,7 @@ macro_rules! cx {
 }
 
 // After `cx!`, which they use.
+mod refuse;
 mod route;
 mod states;
 
@@ -160,6 +165,7 @@ impl Node {
             conns: Conns::default(),
             requests: Requests::default(),
             penalties: Penalties::default(),
+            refusals: Refusals::default(),
             counters: Counters::default(),
             bootstrap: Bootstrap::default(),
             content: Content::default(),
@@ -256,6 +262,7 @@ impl Node {
     /// ours and not blacklisted.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
         self.state.conns.check(&self.state.config)?;
+        self.state.refusals.check_bounds()?;
         if !self.state.requests.counts_agree() {
             return Err(InvariantViolation::IndexOutOfStep { what: "request deadlines" });
         }
@@ -278,11 +285,12 @@ impl Node {
     }
 
     /// Checks every table's indexes entry by entry (O(n); tests and fuzzing): the known-peer
-    /// table and the request layer.
+    /// table, content, the DHT, refusals and the request layer.
     pub fn check_tables(&self) -> Result<(), String> {
         self.state.discovery.known().check()?;
         self.state.content.check()?;
         self.state.dht.check()?;
+        self.state.refusals.check()?;
         self.state.requests.check()
     }
 
@@ -324,6 +332,7 @@ impl Node {
             lan: self.state.lan.status(),
             network: self.state.netstatus.reports(now.mono),
             broadcast: self.state.netstatus.stats().clone(),
+            refusals: self.state.refusals.status(now.mono),
         }
     }
 
@@ -406,15 +415,19 @@ impl Node {
         match input {
             Input::Incoming { conn, addr } => {
                 // A driver reusing a live id is a driver bug; never let it clobber a connection.
-                if !self.state.conns.contains(conn) {
-                    cx!(self).accept(conn, addr);
+                if !self.state.conns.contains(conn) && !self.state.refusals.is_refusing(conn) {
+                    self.handle_incoming(conn, addr);
                 }
             }
-            Input::Secured { conn, binding } => {
-                handshake::handle_secured(&mut cx!(self), &self.identity, conn, binding)
-            }
+            Input::Secured { conn, binding } => match self.state.refusals.take(conn) {
+                Some(refusing) => self.explain_refusal(conn, binding, refusing),
+                None => handshake::handle_secured(&mut cx!(self), &self.identity, conn, binding),
+            },
             Input::Received { conn, bytes } => self.handle_received(conn, &bytes),
-            Input::Closed { conn, reason } => self.remove_conn(conn, CloseReason::Transport(reason), false),
+            Input::Closed { conn, reason } => match self.state.refusals.take(conn) {
+                Some(refusing) => self.refusing_closed(conn, refusing, reason),
+                None => self.remove_conn(conn, CloseReason::Transport(reason), false),
+            },
             Input::Tick => self.handle_tick(),
             Input::Restart { config, rng_seed } => self.handle_restart(*config, rng_seed),
             Input::Shutdown => self.handle_shutdown(),
@@ -473,6 +486,7 @@ impl Node {
         let s = &self.state;
         [
             s.conns.next_handshake_deadline().map(|(at, conn)| (at, TimerKind::Handshake(conn))),
+            s.refusals.next_deadline().map(|(at, conn)| (at, TimerKind::Refusal(conn))),
             s.requests.poll_timeout().map(|(at, conn)| (at, TimerKind::Request(conn))),
             s.bootstrap.poll_timeout().map(|at| (at, TimerKind::BootstrapRetry)),
             s.discovery.poll_timeout().map(|at| (at, TimerKind::Discovery)),
@@ -523,6 +537,7 @@ impl Node {
         for conn in self.state.conns.handshakes_expired(now) {
             self.close(conn, CloseReason::HandshakeTimeout);
         }
+        self.refusals_expired(now);
         for expiry in self.state.requests.expire(now) {
             match expiry {
                 Expiry::TimedOut { conn, request } => {
@@ -591,6 +606,7 @@ impl Node {
             // The transport died with the old process: forget, do not emit Close.
             self.remove_conn(id, CloseReason::Restarted, false);
         }
+        self.state.refusals.on_restart();
         self.state.config = config;
         self.state.rng = ChaCha8Rng::seed_from_u64(rng_seed);
         self.state.counters.restarts += 1;
@@ -631,6 +647,7 @@ impl Node {
         for id in self.state.conns.ids() {
             self.close(id, CloseReason::Shutdown);
         }
+        self.stop_refusing(CloseReason::Shutdown);
         self.state.bootstrap.on_shutdown();
         self.state.discovery.on_shutdown();
         self.state.content.on_shutdown();
@@ -678,6 +695,7 @@ impl Node {
                 for id in self.state.conns.ids() {
                     self.close(id, CloseReason::Shutdown);
                 }
+                self.stop_refusing(CloseReason::Shutdown);
             }
             _ => {}
         }

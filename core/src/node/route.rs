@@ -21,6 +21,9 @@ impl Node {
             Message::Hello(_) | Message::HelloAck(_) => {
                 self.misbehaved(conn_id, CloseReason::Protocol(Violation::SecondHandshake));
             }
+            Message::Refused(_) => {
+                self.misbehaved(conn_id, CloseReason::Protocol(Violation::RefusalAfterHandshake));
+            }
             Message::Request { id, body } => {
                 if !self.state.requests.admit(self.state.now.mono, conn_id, body.protocol()) {
                     let violation = Violation::RequestFlood { kind: body.kind() };
@@ -148,6 +151,9 @@ impl Node {
                 Deferred::Holder { conn, id } => self.state.content.holder(&mut cx!(self), conn, ContentId(id)),
                 Deferred::Provide(id) => self.state.dht.provide(&cx!(self), id),
                 Deferred::FindProviders(id) => self.state.dht.find_providers(&mut cx!(self), id),
+                Deferred::Explain(conn, reason, retry_after_ms) => {
+                    self.explain_hello_refusal(conn, reason, retry_after_ms)
+                }
                 Deferred::CatalogueSettled => {
                     self.state.content.catalogue_settled();
                     self.state.content.check_initial(&mut cx!(self));
@@ -203,6 +209,12 @@ impl Node {
     pub(super) fn remove_conn(&mut self, conn_id: ConnId, reason: CloseReason, by_us: bool) {
         let Some(conn) = self.state.conns.remove(conn_id) else { return };
         self.state.requests.close(conn_id);
+        // A refusal's retry hint binds every module: none dials that node before it passes.
+        if let (CloseReason::RefusedByPeer { reason: refusal, retry_after_ms }, Some(peer)) =
+            (&reason, conn.peer_hint())
+        {
+            self.state.refusals.heard(peer, self.state.now.mono, refusal.clone(), *retry_after_ms);
+        }
         let closed = Closed {
             conn: conn_id,
             addr: conn.addr,

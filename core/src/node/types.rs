@@ -97,6 +97,8 @@ impl Input {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TimerKind {
     Handshake(ConnId),
+    /// A connection being refused did not get its secure channel up in time.
+    Refusal(ConnId),
     Request(ConnId),
     BootstrapRetry,
     Discovery,
@@ -188,4 +190,7 @@ pub struct NodeStatus {
     pub network: Vec<crate::netstatus::ReportStatus>,
     #[serde(default)]
     pub broadcast: crate::netstatus::NetStatusStats,
+    /// Connections being refused now, and nodes that refused us whose retry hint runs.
+    #[serde(default)]
+    pub refusals: crate::refusal::RefusalStatus,
 }

@@ -404,8 +404,13 @@ impl Describer {
         }
         let messages: Vec<Result<Message, WireError>> = frames.iter().map(|f| decode_body(f)).collect();
         for message in messages.iter().flatten() {
-            if let Message::Hello(hello) | Message::HelloAck(hello) = message {
-                self.conns.entry(conn).or_default().node = Some(hello.node_id);
+            let node = match message {
+                Message::Hello(hello) | Message::HelloAck(hello) => Some(hello.node_id),
+                Message::Refused(refusal) => Some(refusal.node_id),
+                _ => None,
+            };
+            if let Some(node) = node {
+                self.conns.entry(conn).or_default().node = Some(node);
             }
         }
         let mut parts: Vec<String> = messages.iter().map(|m| describe_decoded(m, mentions)).collect();
@@ -587,6 +592,15 @@ fn describe_message(message: &Message, mentions: &mut Mentions) -> String {
         },
         Message::Piece { id, header } => format!("piece {id}: {} of {}", header.index, header.id),
         Message::Cancel { id } => format!("cancel {id}"),
+        Message::Refused(refusal) => {
+            mentions.ids.push(refusal.node_id);
+            format!(
+                "connection_refused by {}: {} ({})",
+                refusal.node_id.short(),
+                refusal.reason,
+                mynet_core::refusal::RetryHint(refusal.retry_after_ms)
+            )
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod timeline;
 pub use content::{ContentFault, ContentSummary, SimItem};
 pub use lan::LanSummary;
 pub use reconcile::ReconcileSummary;
+pub use report::RefusalSummary;
 
 use report::EVENT_KINDS;
 pub use report::{TraceEvent, first_divergence, is_connected};
@@ -251,6 +252,8 @@ pub struct Summary {
     pub dht: dht::DhtSummary,
     /// LAN discovery (`--lan`).
     pub lan: LanSummary,
+    /// Refused connections: explained, closed silently, refusals heard by diallers.
+    pub refusals: RefusalSummary,
 }
 
 #[derive(Clone, Debug)]
@@ -498,6 +501,8 @@ pub struct World {
     lookups: dht::Lookups,
     lan: lan::LanCounts,
     sybils: sybil::Sybils,
+    /// Start-ups that failed naming a bootstrap node's refusal.
+    refused_startups: u64,
 }
 
 impl World {
@@ -590,6 +595,7 @@ impl World {
             lookups: dht::Lookups::default(),
             lan: lan::LanCounts::default(),
             sybils: sybil::Sybils { first: first_sybil, ..sybil::Sybils::default() },
+            refused_startups: 0,
         };
         world.schedule_faults();
         world

@@ -115,6 +115,9 @@ impl World {
                 self.schedule_decrypt_checks(n, *id)
             }
             Output::Event(event @ Event::LookupDone { .. }) => self.observe_lookup(n, event),
+            Output::Event(Event::StartupFailed {
+                reason: mynet_core::StartupFailure::BootstrapRefused { .. }, ..
+            }) => self.refused_startups += 1,
             _ => {}
         }
         let now = self.now_us;
@@ -296,7 +299,8 @@ impl World {
     }
 }
 
-/// The first frame in `bytes` that is not part of a handshake, by name.
+/// The first frame in `bytes` that is not part of a handshake (a refusal replaces its answer),
+/// by name.
 fn non_handshake_message(bytes: &[u8]) -> Option<&'static str> {
     let mut buffer = FrameBuffer::default();
     let mut frames = Vec::new();
@@ -304,7 +308,7 @@ fn non_handshake_message(bytes: &[u8]) -> Option<&'static str> {
         return Some("an oversized frame");
     }
     frames.iter().find_map(|f| match wire::decode_body(f) {
-        Ok(Message::Hello(_) | Message::HelloAck(_)) => None,
+        Ok(Message::Hello(_) | Message::HelloAck(_) | Message::Refused(_)) => None,
         Ok(_) => Some("a protocol message"),
         Err(_) => Some("an undecodable frame"),
     })

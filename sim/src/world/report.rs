@@ -125,16 +125,21 @@ impl World {
         let phases: Vec<Phase> = (0..self.honest).filter_map(|n| self.node(n).map(|node| node.phase())).collect();
         let mut trace = self.trace.clone();
         let mut requests = mynet_core::request::RequestCounters::default();
+        let mut refusals = RefusalSummary { startup_failures_naming_them: self.refused_startups, ..Default::default() };
         for n in 0..self.honest {
             if let Some(node) = self.node(n) {
                 trace.update(&node.output_hash());
                 trace.update(&node.state_hash());
-                let c = node.status(node.now()).requests;
+                let status = node.status(node.now());
+                let c = status.requests;
                 requests.sent += c.sent;
                 requests.answered += c.answered;
                 requests.timed_out += c.timed_out;
                 requests.late += c.late;
                 requests.served += c.served;
+                refusals.explained += status.counters.refusals_explained;
+                refusals.silent += status.counters.refusals_silent;
+                refusals.heard += status.counters.refusals_heard;
             }
         }
         Summary {
@@ -171,8 +176,19 @@ impl World {
             reconcile: self.reconcile_summary(),
             dht: self.dht_summary(),
             lan: self.lan_summary(),
+            refusals,
         }
     }
+}
+
+/// The `refusals` section of the summary: over the honest nodes running at the end, refusals
+/// explained and closed silently, signed refusals heard; start-ups that failed naming one.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct RefusalSummary {
+    pub explained: u64,
+    pub silent: u64,
+    pub heard: u64,
+    pub startup_failures_naming_them: u64,
 }
 
 /// Whether the undirected graph is one component.
