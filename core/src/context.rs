@@ -238,11 +238,11 @@ impl Cx<'_> {
     }
 
     /// Cancels our request `id` on `conn`: its answer is dropped without blame when it comes,
-    /// and the peer is told so it can skip sending it.
-    pub fn cancel(&mut self, conn: ConnId, id: RequestId) {
-        if self.requests.cancel(conn, id).is_some() {
-            let _ = self.send(conn, &Message::Cancel { id });
-        }
+    /// and the peer is told so it can skip sending it. Returns the request if it was pending.
+    pub fn cancel(&mut self, conn: ConnId, id: RequestId) -> Option<crate::request::Pending> {
+        let pending = self.requests.cancel(conn, id)?;
+        let _ = self.send(conn, &Message::Cancel { id });
+        Some(pending)
     }
 
     /// Answers the peer's request `id`.

@@ -133,3 +133,98 @@ fn equal_catalogues_answer_equal_and_a_difference_differs() {
         matches!(answer(&outputs, conn, 51), Some(Response::Differs { count: 1, ref counts, .. }) if counts.is_empty())
     );
 }
+
+/// The reconciliation requests among `outputs` sent on `conn`.
+fn reconcile_requests(outputs: &[Output], conn: ConnId) -> Vec<(RequestId, Request)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Send { conn: c, bytes } if *c == conn => wire::decode_body(&bytes[wire::FRAME_HEADER_LEN..]).ok(),
+            _ => None,
+        })
+        .filter_map(|m| match m {
+            Message::Request { id, body: wire::Request::Reconcile(r) } => Some((id, r)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An empty node joining a peer whose catalogue is larger than a fetch queue lists the peer's
+/// keys once, at the pace it fetches their metadata. Before, the bulk path listed everything,
+/// the queue kept its first 50,000 keys and dropped the rest, and the next round listed the
+/// whole set again: about 20 listings of 40 MB each for an empty node joining a network of a
+/// million items.
+#[test]
+fn an_empty_node_lists_a_large_catalogue_once_at_the_pace_it_fetches() {
+    use mynet_core::reconcile::catalogue::Catalogue;
+    use mynet_core::reconcile::proto::KEYS_PER_PAGE;
+    const ITEMS: u32 = mynet_core::reconcile::QUEUE_MAX as u32 + 10_000;
+    let author = Identity::from_secret_bytes(&[43; 32]);
+    let mut theirs = Catalogue::default();
+    for n in 0..ITEMS {
+        let id = *blake3::hash(&n.to_le_bytes()).as_bytes();
+        theirs.put(Meta::new(ContentId(id), 4096, 1_000 + u64::from(n), author.public_key()).sign(&author));
+    }
+
+    let mut node = first_node(Config::default());
+    // A peer with a higher id, so the node leads the rounds.
+    let peer = (2..=255u8)
+        .map(|k| Identity::from_secret_bytes(&[k; 32]))
+        .find(|p| p.node_id() > node.node_id())
+        .expect("a higher id");
+    let conn = ConnId::inbound(1);
+    let binding = mynet_core::handshake::Binding([5; 32]);
+    open(&mut node, conn, peer_addr(2), binding);
+    node.handle(at(2), Input::Received { conn, bytes: hello_from(&peer, binding, "mynet-dev", "1.0.0", WALL) });
+    let mut waiting = reconcile_requests(&drain(&mut node), conn);
+    assert!(matches!(waiting.as_slice(), [(_, Request::Start { .. })]), "the lower id starts rounds");
+    let mut ms = 3;
+    let mut pages = std::collections::BTreeMap::<Option<ContentId>, u32>::new();
+    let mut held_gets = Vec::new();
+    let mut answer_gets = false;
+    let mut stalled_at = None;
+    loop {
+        if waiting.is_empty() {
+            if answer_gets || held_gets.is_empty() {
+                break;
+            }
+            // The node stopped listing with its queue full: from here on, serve its fetches.
+            let listed: u32 = pages.values().sum::<u32>() * KEYS_PER_PAGE as u32;
+            stalled_at = Some(listed);
+            answer_gets = true;
+            waiting = std::mem::take(&mut held_gets);
+        }
+        let mut next = Vec::new();
+        for (id, request) in std::mem::take(&mut waiting) {
+            let response = match &request {
+                Request::Get { .. } if !answer_gets => {
+                    held_gets.push((id, request.clone()));
+                    continue;
+                }
+                Request::Get { ids } => theirs.answer_get(ids),
+                Request::Keys { after } => {
+                    *pages.entry(*after).or_default() += 1;
+                    theirs.set().answer(&request).expect("keys")
+                }
+                other => theirs.set().answer(other).expect("a round request"),
+            };
+            ms += 1;
+            let bytes = frame(&Message::Response { id, body: wire::Response::Reconcile(response) });
+            node.handle(at(ms), Input::Received { conn, bytes });
+            let outputs = drain(&mut node);
+            assert_eq!(closed_reason(&outputs, conn), None);
+            next.extend(reconcile_requests(&outputs, conn));
+        }
+        waiting = next;
+    }
+    let stalled_at = stalled_at.expect("the node paused its listing for its fetches");
+    assert!(
+        stalled_at < ITEMS && stalled_at as usize <= mynet_core::reconcile::QUEUE_MAX + KEYS_PER_PAGE,
+        "listed {stalled_at} keys before fetching"
+    );
+    assert!(pages.values().all(|n| *n == 1), "a page was listed twice: {pages:?}");
+    assert_eq!(pages.len(), (ITEMS as usize).div_ceil(KEYS_PER_PAGE));
+    let status = node.status(at(ms));
+    assert_eq!(status.reconcile.items, u64::from(ITEMS));
+    assert_eq!(status.reconcile.digest, mynet_core::hex::encode(&theirs.digest()));
+}

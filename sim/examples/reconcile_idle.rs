@@ -8,7 +8,8 @@
 //! `mynet sim --catalogue N`), every node reconciles until it holds all of it, and then rounds
 //! run every 30 s with nothing changing. Prints one JSON line per size: the mean bytes of an idle
 //! round (both directions, frames), idle rounds counted, and the ratio to the 1,000-item figure
-//! (flat means the cost of a quiet network does not grow with the catalogue). The naive exchange
+//! (flat means the cost of a quiet network does not grow with the catalogue; the program
+//! exits 1 when a size costs more than 10% above the 1,000-item figure). The naive exchange
 //! of the whole state map is printed beside it for scale (40 bytes per item, one way).
 
 use mynet_sim::{SimConfig, run};
@@ -39,5 +40,9 @@ fn main() {
                 "wall_time_s": summary.wall_time_s,
             })
         );
+        if idle > base * 1.1 {
+            eprintln!("not flat: an idle round costs {idle} B at {items} items, {base} B at 1,000");
+            std::process::exit(1);
+        }
     }
 }

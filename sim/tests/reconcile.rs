@@ -45,6 +45,24 @@ fn a_thousand_items_published_at_once_converge_on_ten_nodes() {
     assert!(r.idle_bytes_per_round > 0.0 && r.idle_bytes_per_round < 100.0, "{r:?}");
 }
 
+/// The cost of a quiet network does not grow with the catalogue: an idle round costs the same
+/// at 10,000 items as at 1,000 (the figure from 1,000 to 100,000 items is
+/// `cargo run --release -p mynet-sim --example reconcile_idle`).
+#[test]
+fn an_idle_round_costs_the_same_at_ten_times_the_items() {
+    let idle = |items: usize| {
+        let mut config = SimConfig::new(1, 5, 180_000);
+        config.catalogue = items;
+        let summary = run(config).unwrap_or_else(|e| panic!("{items} items: {e}"));
+        let r = summary.reconcile;
+        assert!(r.converged && r.items == items, "{r:?}");
+        assert!(r.idle_bytes_per_round > 0.0, "idle rounds ran: {r:?}");
+        r.idle_bytes_per_round
+    };
+    let (small, large) = (idle(1_000), idle(10_000));
+    assert!(large <= small * 1.05, "idle round: {small} B at 1,000 items, {large} B at 10,000");
+}
+
 #[test]
 fn reconcile_runs_with_edits_are_deterministic() {
     let config = || {

@@ -15,15 +15,12 @@
 
 mod baseline;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::time::Instant;
 
 use mynet_core::reconcile::catalogue::KeySet;
-use mynet_core::reconcile::proto::{IN_FLIGHT_MAX, Request};
-use mynet_core::reconcile::session::Session;
+use mynet_core::reconcile::session;
 use mynet_core::reconcile::sketch::Key;
-use mynet_core::request::RequestId;
-use mynet_core::wire::{self, Message};
 
 fn arg(args: &[String], name: &str, default: u64) -> u64 {
     match args.iter().position(|a| a == name) {
@@ -46,42 +43,6 @@ fn key(n: u64, seed: u64) -> Key {
     let mut tag = [0u8; 8];
     tag.copy_from_slice(&blake3::hash(&id).as_bytes()[..8]);
     Key { id, tag }
-}
-
-struct Ours {
-    bytes: u64,
-    round_trips: u32,
-    bulk: bool,
-    theirs: BTreeSet<Key>,
-    ours: BTreeSet<Key>,
-}
-
-/// Runs one round of our protocol, `a` asking `b`, as the module does over the request layer.
-fn ours(a: &KeySet, b: &KeySet) -> Ours {
-    let (mut session, first) = Session::start(a);
-    let mut waiting = VecDeque::from([first]);
-    let mut out = Ours { bytes: 0, round_trips: 0, bulk: false, theirs: BTreeSet::new(), ours: BTreeSet::new() };
-    let mut next_id = 0u32;
-    while !waiting.is_empty() {
-        out.round_trips += 1;
-        let wave: Vec<Request> = waiting.drain(..waiting.len().min(IN_FLIGHT_MAX)).collect();
-        for asked in wave {
-            next_id += 1;
-            let id = RequestId(next_id);
-            let request = Message::Request { id, body: wire::Request::Reconcile(asked.clone()) };
-            out.bytes += wire::encode_frame(&request).expect("a request fits a frame").len() as u64;
-            let answer = b.answer(&asked).expect("a round request");
-            let response = Message::Response { id, body: wire::Response::Reconcile(answer.clone()) };
-            out.bytes += wire::encode_frame(&response).expect("an answer fits a frame").len() as u64;
-            let step = session.on_answer(a, &asked, answer).expect("a valid answer");
-            out.theirs.extend(step.found.theirs);
-            out.ours.extend(step.found.ours);
-            waiting.extend(step.send);
-        }
-    }
-    assert!(session.done());
-    out.bulk = session.bulk;
-    out
 }
 
 fn main() {
@@ -110,7 +71,7 @@ fn main() {
     let built = started.elapsed();
 
     let started = Instant::now();
-    let run = ours(&a, &b);
+    let run = session::in_memory(&a, &b).expect("a valid round");
     let took = started.elapsed();
     let want_ours: BTreeSet<Key> = a_keys[shared as usize..].iter().copied().collect();
     let want_theirs: BTreeSet<Key> = b_keys[shared as usize..].iter().copied().collect();

@@ -80,6 +80,10 @@ impl Content {
                     if let Some(s) = t.sources.get_mut(&conn) {
                         s.timeouts += 1;
                     }
+                    // Not recalled: its bytes may be on the wire, filling our link until its
+                    // grace ends (`pending.deadline` is now the grace's end).
+                    let len = t.layout.map_or(PIECE_LEN, |l| l.piece_len(index));
+                    self.down.owe(conn, pending.id, pending.deadline, len);
                 }
             }
         }
@@ -91,16 +95,23 @@ impl Content {
     /// and it matches its verified chaining value), it is kept as if it came in time: a source
     /// whose uplink is shared by many downloaders answers late every time, and dropping its
     /// pieces would leave an item it alone holds unfetchable. Otherwise its bytes were wasted.
+    #[allow(clippy::too_many_arguments)]
     pub fn on_late_piece(
         &mut self,
         cx: &mut Cx<'_>,
         conn: ConnId,
+        request: RequestId,
         sent: Option<Mono>,
         header: proto::PieceHeader,
         hash: [u8; 32],
         data: PieceData,
     ) {
         let len = header.piece_len().unwrap_or(0);
+        self.down.arrived(len);
+        if self.down.settle(conn, request) {
+            // Room on our link for another request: whichever transfer waited for it.
+            self.pump_all(cx);
+        }
         if let (Some(sent), Some(p)) = (sent, self.peers.get_mut(&conn)) {
             p.note_latency(cx.now.mono.ms_since(sent));
         }
@@ -133,6 +144,7 @@ impl Content {
         hash: [u8; 32],
         data: PieceData,
     ) {
+        self.down.arrived(header.piece_len().unwrap_or(0));
         let Some(Asked::Piece(id, index)) = self.asked.remove(conn, pending.id) else { return };
         let Some(t) = self.active.get_mut(&id) else {
             self.stats.wasted_bytes += header.piece_len().unwrap_or(0);
@@ -178,7 +190,10 @@ impl Content {
         t.served_by.insert(conn);
         if let Some(copies) = t.in_flight.remove(&index) {
             for (c, r, _) in copies {
-                cx.cancel(c, r);
+                if let Some(pending) = cx.cancel(c, r) {
+                    // The source may have sent it already.
+                    self.down.owe(c, r, pending.deadline, len);
+                }
                 self.asked.remove(c, r);
                 if let Some(source) = t.sources.get_mut(&c) {
                     source.pieces = source.pieces.saturating_sub(1);
@@ -343,8 +358,26 @@ impl Content {
         let keys: Vec<(ConnId, RequestId)> =
             self.asked.iter().filter(|(_, _, a)| a.item() == t.id).map(|(c, r, _)| (c, r)).collect();
         for (conn, request) in keys {
-            self.asked.remove(conn, request);
-            cx.cancel(conn, request);
+            let asked = self.asked.remove(conn, request);
+            if let (Some(pending), Some(Asked::Piece(_, index))) = (cx.cancel(conn, request), asked) {
+                let len = t.layout.map_or(PIECE_LEN, |l| l.piece_len(index));
+                self.down.owe(conn, request, pending.deadline, len);
+            }
+        }
+    }
+
+    /// Bytes asked of our link and still on their way: pieces in flight for the running
+    /// transfers, and requests that timed out or were cancelled but may still be answered.
+    pub(super) fn in_flight_bytes(&mut self, now: Mono) -> u64 {
+        let transfers: u64 = self.active.values().map(Transfer::bytes_in_flight).sum();
+        transfers + self.down.owed_bytes(now)
+    }
+
+    /// Gives every running transfer a chance to ask for more (room opened on our link).
+    pub(super) fn pump_all(&mut self, cx: &mut Cx<'_>) {
+        let ids: Vec<ContentId> = self.active.keys().copied().collect();
+        for id in ids {
+            self.pump(cx, id);
         }
     }
 
@@ -493,7 +526,14 @@ impl Content {
         let pieces = layout.pieces();
         let low_page = t.low / PIECES_PER_PAGE;
         let mut candidates = rarest_first(t, self.items.get(&id));
-        for &(_, conn) in &ranked {
+        // What all transfers may still ask of our link (see `downlink`); a transfer with
+        // nothing in flight may always ask for one piece, so none starves.
+        let budget = self.down.budget();
+        let transfers: u64 = self.active.values().map(Transfer::bytes_in_flight).sum();
+        let mut asked_bytes = transfers + self.down.owed_bytes(now);
+        let Some(t) = self.active.get_mut(&id) else { return };
+        let mut own = t.bytes_in_flight();
+        'sources: for &(_, conn) in &ranked {
             let Some(source) = t.sources.get_mut(&conn) else { continue };
             let stale = match &source.avail {
                 Avail::Unknown => true,
@@ -511,6 +551,9 @@ impl Content {
             let rate = self.peers.get(&conn).map_or(0, |p| p.rate);
             let depth = pipeline_depth(rate);
             while t.sources.get(&conn).is_some_and(|s| s.pieces < depth) {
+                if own > 0 && asked_bytes.saturating_add(PIECE_LEN.min(layout.size)) > budget {
+                    break 'sources;
+                }
                 // The rarest free piece this source has.
                 let Some(source) = t.sources.get(&conn) else { break };
                 let mut pick =
@@ -544,6 +587,7 @@ impl Content {
                         .map(|(i, _)| *i);
                 }
                 let Some(index) = pick else { break };
+                let len = layout.piece_len(index);
                 let latency = self.peers.get(&conn).map_or(0, |p| p.latency_ms);
                 let timeout =
                     piece_timeout(cx.config.handshake_timeout_ms, rate, source.pieces + 1, layout.piece_len(index))
@@ -556,6 +600,9 @@ impl Content {
                 if let Some(source) = t.sources.get_mut(&conn) {
                     source.pieces += 1;
                 }
+                own += len;
+                asked_bytes += len;
+                self.down.asking(now);
             }
         }
         self.arm(cx);

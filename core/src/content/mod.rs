@@ -5,6 +5,7 @@
 //! - `proto`: the wire messages and their bounds.
 //! - `stream`: how drivers split pieces out of a connection's byte stream.
 //! - `transfer`: one item being fetched.
+//! - `downlink`: what all transfers together may ask for, from the measured delivery rate.
 //! - `exchange`: answering peers, learning what they hold (announcements), and taking in
 //!   what the catalogue names (`catalogued`).
 //! - `fetch`: answers to our requests, the sync queue, and the transfer scheduler.
@@ -18,6 +19,7 @@
 //! (`Output::Serve`); the driver re-verifies what it reads before sending it.
 
 pub mod bits;
+pub mod downlink;
 mod exchange;
 mod fetch;
 pub mod proto;
@@ -238,6 +240,13 @@ pub struct SyncStatus {
     pub stats: SyncStats,
     pub queue: u64,
     pub active_transfers: u64,
+    /// Pieces reaching us from all sources together, bytes per second (smoothed; 0 before
+    /// the first measurement).
+    #[serde(default)]
+    pub downlink_rate: u64,
+    /// Piece requests that timed out or were cancelled but whose bytes may still come.
+    #[serde(default)]
+    pub pieces_owed: u64,
 }
 
 /// An item as `mynet ls` shows it.
@@ -329,6 +338,8 @@ pub struct Content {
     /// Items the operator asked for (`mynet get`) and that are not held yet: searched for
     /// in the DHT when no peer holds them, and retried whatever the replication policy.
     wanted: BTreeSet<ContentId>,
+    /// Our own link: the delivery rate and what is still on its way.
+    down: downlink::Downlink,
 }
 
 /// Operator `get`s remembered at once (past it, a `get` still fetches from peers).
@@ -366,6 +377,8 @@ impl Content {
             stats: self.stats.clone(),
             queue: self.queue.len() as u64,
             active_transfers: self.active.len() as u64,
+            downlink_rate: self.down.rate(),
+            pieces_owed: self.down.owed() as u64,
         };
         (content, sync)
     }
@@ -440,6 +453,8 @@ impl Content {
         let now = cx.now.mono;
         if self.next_tick.is_some_and(|at| at <= now) {
             self.next_tick = None;
+            let busy = self.in_flight_bytes(now) > 0;
+            self.down.sample(now, busy);
             let ids: Vec<ContentId> = self.active.keys().copied().collect();
             for id in ids {
                 let Some(t) = self.active.get(&id) else { continue };
@@ -567,6 +582,7 @@ impl Content {
             }
         }
         self.asked.forget(conn);
+        self.down.forget(conn);
         let ids: Vec<ContentId> = self.active.keys().copied().collect();
         for id in ids {
             if let Some(t) = self.active.get_mut(&id) {
@@ -588,6 +604,7 @@ impl Content {
         // Every connection is gone; transfers resume from the held pieces when peers return.
         self.peers.clear();
         self.asked.clear();
+        self.down.clear();
         // Holders were connections of the old process; what the catalogue named stays.
         self.remote.retain(|_, r| r.catalogued);
         for remote in self.remote.values_mut() {

@@ -116,6 +116,12 @@ impl Transfer {
         }
     }
 
+    /// Bytes of the piece requests in flight (each copy counts: each comes over our link).
+    pub fn bytes_in_flight(&self) -> u64 {
+        let Some(layout) = self.layout else { return 0 };
+        self.in_flight.iter().map(|(index, copies)| layout.piece_len(*index) * copies.len() as u64).sum()
+    }
+
     /// Whether the item has more than one page (its head is a page list).
     pub fn paged(&self) -> bool {
         self.layout.is_some_and(|l| l.pages() > 1)

@@ -588,7 +588,7 @@ impl Node {
             late @ (Answer::Late(_) | Answer::Cancelled) => {
                 cx!(self).event(Event::LateAnswer { conn, id: request, kind: crate::wire::Kind::Piece });
                 let sent = if let Answer::Late(pending) = &late { Some(pending.sent) } else { None };
-                self.state.content.on_late_piece(&mut cx!(self), conn, sent, header, hash, data);
+                self.state.content.on_late_piece(&mut cx!(self), conn, request, sent, header, hash, data);
             }
             Answer::UnknownId => {
                 let violation = Violation::UnknownRequestId { id: request, kind: crate::wire::Kind::Piece };

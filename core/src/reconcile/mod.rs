@@ -47,8 +47,8 @@ use crate::time::Mono;
 use crate::wire::{self, FRAME_HEADER_LEN};
 use catalogue::{Catalogue, Put};
 use meta::{Invalid, KeyRecord, Meta, Signed};
-use proto::{IN_FLIGHT_MAX, METAS_BYTES_MAX, METAS_PER_MESSAGE, Request, Response};
-use session::{Found, Session};
+use proto::{IN_FLIGHT_MAX, KEYS_PER_PAGE, METAS_BYTES_MAX, METAS_PER_MESSAGE, Request, Response};
+use session::{Found, OURS_PER_STEP_MAX, Session};
 use sketch::Key;
 
 /// Rounds in a row that found differences before waiting for the interval.
@@ -318,7 +318,13 @@ impl Reconcile {
     fn pump(&mut self, cx: &mut Cx<'_>, conn: ConnId) {
         let Some(peer) = self.peers.get_mut(&conn) else { return };
         while peer.in_flight() < IN_FLIGHT_MAX {
-            if let Some(request) = peer.outbox.pop_front() {
+            // The bulk path lists the next page only once what the last pages found has room
+            // in the queues: an empty node joining a network larger than a queue lists the
+            // peer's keys once, at the pace it fetches, instead of dropping the overflow and
+            // listing everything again in the next round.
+            let held = matches!(peer.outbox.front(), Some(Request::Keys { .. }))
+                && (peer.get.len() + KEYS_PER_PAGE > QUEUE_MAX || peer.offer.len() + OURS_PER_STEP_MAX > QUEUE_MAX);
+            if !held && let Some(request) = peer.outbox.pop_front() {
                 let body = wrap(request.clone());
                 match cx.request(conn, body.clone(), Origin::Reconcile, TAG_ROUND) {
                     Ok(id) => {

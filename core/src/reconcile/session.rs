@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::content::verify::ContentId;
 use crate::reconcile::catalogue::KeySet;
-use crate::reconcile::proto::{CELLS_PER_MESSAGE, ESTIMATE_CELLS, Request, Response, WireCell, count_minus};
+use crate::reconcile::proto::{
+    CELLS_PER_MESSAGE, ESTIMATE_CELLS, IN_FLIGHT_MAX, KEYS_PER_PAGE, Request, Response, WireCell, count_minus,
+};
 use crate::reconcile::sketch::{self, Decoder, Key};
 
 /// Keys of ours one bulk step reports at most (the rest the peer finds in its own rounds).
@@ -45,7 +47,10 @@ enum Stage {
         limit: u32,
         chunks: BTreeMap<u32, Vec<WireCell>>,
     },
-    Keys,
+    Keys {
+        /// Keys listed so far.
+        listed: u64,
+    },
     Done,
 }
 
@@ -81,12 +86,14 @@ pub struct Session {
     pub extended: u32,
     /// The sets were equal when the round started (one round trip, nothing to do).
     pub equal: bool,
+    /// How many keys the peer said it has (bounds its listing).
+    their_count: u64,
 }
 
 impl Session {
     /// A round and its first request.
     pub fn start(set: &KeySet) -> (Session, Request) {
-        (Session { stage: Stage::Starting, bulk: false, extended: 0, equal: false }, set.start())
+        (Session { stage: Stage::Starting, bulk: false, extended: 0, equal: false, their_count: 0 }, set.start())
     }
 
     pub fn done(&self) -> bool {
@@ -122,7 +129,7 @@ impl Session {
 
     fn go_bulk(&mut self) -> Step {
         self.bulk = true;
-        self.stage = Stage::Keys;
+        self.stage = Stage::Keys { listed: 0 };
         Step { send: vec![Request::Keys { after: None }], found: Found::default(), done: false }
     }
 
@@ -137,6 +144,7 @@ impl Session {
         if self.stage != Stage::Starting {
             return Err(Bad("second answer to a round's start"));
         }
+        self.their_count = count;
         let ours = set.sketch().cells();
         let mut diff0 = cell.minus(&ours[0]);
         diff0.count = count as i64 - set.len() as i64;
@@ -201,8 +209,17 @@ impl Session {
     }
 
     fn on_keys(&mut self, set: &KeySet, after: Option<ContentId>, keys: &[Key], more: bool) -> Result<Step, Bad> {
-        if self.stage != Stage::Keys {
+        let Stage::Keys { listed } = &mut self.stage else {
             return Err(Bad("keys outside the bulk path"));
+        };
+        // Pages are full but the last, and the listing is about as long as the set the peer
+        // said it has (it may grow a little while we list): a peer cannot page forever.
+        if more && keys.len() < KEYS_PER_PAGE {
+            return Err(Bad("a short page that says there is more"));
+        }
+        *listed += keys.len() as u64;
+        if *listed > listing_max(self.their_count) {
+            return Err(Bad("a listing longer than the set the peer said it has"));
         }
         let mut prev = after.map(|a| a.0);
         for k in keys {
@@ -235,6 +252,56 @@ impl Session {
     }
 }
 
+/// A whole round run in memory, `a` asking `b` (the benchmark and the tests; the module runs
+/// rounds over the request layer).
+#[derive(Clone, Debug, Default)]
+pub struct InMemory {
+    /// Every frame of the round, both ways, as it goes on the wire before encryption.
+    pub bytes: u64,
+    /// Request waves, with the module's per-peer in-flight bound.
+    pub round_trips: u32,
+    pub bulk: bool,
+    pub theirs: std::collections::BTreeSet<Key>,
+    pub ours: std::collections::BTreeSet<Key>,
+}
+
+/// Runs one round of `a` asking `b` to its end, as the module does over the request layer.
+pub fn in_memory(a: &KeySet, b: &KeySet) -> Result<InMemory, Bad> {
+    use crate::request::RequestId;
+    use crate::wire::{self, Message};
+    let (mut session, first) = Session::start(a);
+    let mut waiting = std::collections::VecDeque::from([first]);
+    let mut out = InMemory::default();
+    let mut next_id = 0u32;
+    let frame_len = |m: &Message| wire::encode_frame(m).map_or(0, |f| f.len() as u64);
+    while !waiting.is_empty() {
+        out.round_trips += 1;
+        let wave: Vec<Request> = waiting.drain(..waiting.len().min(IN_FLIGHT_MAX)).collect();
+        for asked in wave {
+            next_id += 1;
+            let id = RequestId(next_id);
+            out.bytes += frame_len(&Message::Request { id, body: wire::Request::Reconcile(asked.clone()) });
+            let answer = b.answer(&asked).ok_or(Bad("a request the peer cannot answer"))?;
+            out.bytes += frame_len(&Message::Response { id, body: wire::Response::Reconcile(answer.clone()) });
+            let step = session.on_answer(a, &asked, answer)?;
+            out.theirs.extend(step.found.theirs);
+            out.ours.extend(step.found.ours);
+            waiting.extend(step.send);
+        }
+    }
+    if !session.done() {
+        return Err(Bad("the round stopped before its end"));
+    }
+    out.bulk = session.bulk;
+    Ok(out)
+}
+
+/// Keys a peer that said it has `count` may list in one round: its set may grow while we list
+/// (new items published), by an eighth and a page at most.
+pub fn listing_max(count: u64) -> u64 {
+    count.saturating_add(count / 8).saturating_add(KEYS_PER_PAGE as u64)
+}
+
 /// Requests for cells `from..to`, a frame's worth each.
 fn chunks(from: u32, to: u32) -> Vec<Request> {
     (from..to)
@@ -246,7 +313,7 @@ fn chunks(from: u32, to: u32) -> Vec<Request> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeSet, VecDeque};
+    use std::collections::BTreeSet;
 
     fn key(n: u64) -> Key {
         let hash = blake3::hash(&n.to_le_bytes());
@@ -263,21 +330,8 @@ mod tests {
 
     /// Runs a round in memory: (found theirs, found ours, round trips, bulk).
     fn run(a: &KeySet, b: &KeySet) -> (BTreeSet<Key>, BTreeSet<Key>, u32, bool) {
-        let (mut session, first) = Session::start(a);
-        let mut queue = VecDeque::from([first]);
-        let (mut theirs, mut ours, mut trips) = (BTreeSet::new(), BTreeSet::new(), 0);
-        while !queue.is_empty() {
-            trips += 1;
-            for asked in std::mem::take(&mut queue) {
-                let answer = b.answer(&asked).expect("answerable");
-                let step = session.on_answer(a, &asked, answer).expect("valid");
-                theirs.extend(step.found.theirs);
-                ours.extend(step.found.ours);
-                queue.extend(step.send);
-            }
-        }
-        assert!(session.done());
-        (theirs, ours, trips, session.bulk)
+        let r = in_memory(a, b).expect("a valid round");
+        (r.theirs, r.ours, r.round_trips, r.bulk)
     }
 
     #[test]
@@ -308,6 +362,94 @@ mod tests {
         let (t, o, _, bulk) = run(&a, &c);
         assert!(bulk);
         assert_eq!((t.len(), o.len()), (10_000, 10_000));
+    }
+
+    /// Goes to the bulk path against a peer that says it has `count` keys; returns the round
+    /// and the first `Keys` request.
+    fn bulk_against(count: u64) -> (Session, KeySet, Request) {
+        let mine = KeySet::default();
+        let (mut session, first) = Session::start(&mine);
+        let theirs = set(0..count);
+        let answer = theirs.answer(&first).expect("answerable");
+        let step = session.on_answer(&mine, &first, answer).expect("valid");
+        assert!(session.bulk, "an empty node lists");
+        let [asked] = <[Request; 1]>::try_from(step.send).expect("one request");
+        (session, mine, asked)
+    }
+
+    #[test]
+    fn a_peer_cannot_make_a_listing_last_forever() {
+        // A short page that says there is more.
+        let (mut session, mine, asked) = bulk_against(3_000);
+        let page: Vec<Key> = (0..10u64).map(|n| Key { id: [n as u8 + 1; 32], tag: [0; 8] }).collect();
+        assert_eq!(
+            session.on_answer(&mine, &asked, Response::Keys { keys: page, more: true }),
+            Err(Bad("a short page that says there is more"))
+        );
+        // Full pages past the count the peer gave.
+        let (mut session, mine, mut asked) = bulk_against(3_000);
+        let mut next = 0u64;
+        let mut pages = 0;
+        let bad = loop {
+            let keys: Vec<Key> = (0..KEYS_PER_PAGE as u64)
+                .map(|k| {
+                    let mut id = [0; 32];
+                    id[..8].copy_from_slice(&(next + k).to_be_bytes());
+                    Key { id, tag: [1; 8] }
+                })
+                .collect();
+            next += KEYS_PER_PAGE as u64;
+            pages += 1;
+            match session.on_answer(&mine, &asked, Response::Keys { keys, more: true }) {
+                Ok(step) => asked = step.send.into_iter().next().expect("next page"),
+                Err(bad) => break bad,
+            }
+        };
+        assert_eq!(bad, Bad("a listing longer than the set the peer said it has"));
+        assert_eq!(pages, listing_max(3_000).div_ceil(KEYS_PER_PAGE as u64));
+        // An honest listing of a set that grew a little while we listed is fine.
+        let (mut session, mine, asked) = bulk_against(3_000);
+        let grown = set(0..3_300);
+        let mut queue = vec![asked];
+        let mut listed = 0;
+        while let Some(asked) = queue.pop() {
+            let step = session.on_answer(&mine, &asked, grown.answer(&asked).expect("answerable")).expect("honest");
+            listed += step.found.theirs.len();
+            queue.extend(step.send);
+        }
+        assert!(session.done());
+        assert_eq!(listed, 3_300);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// For random sets and differences (keys only one side has, and items both have in
+        /// different versions), a whole round, whichever path it takes, finds exactly the
+        /// symmetric difference.
+        #[test]
+        fn a_round_finds_exactly_the_symmetric_difference(
+            shared in proptest::collection::btree_set(0u64..1_000_000, 0..3_000),
+            only_ours in proptest::collection::btree_set(1_000_000u64..2_000_000, 0..200),
+            only_theirs in proptest::collection::btree_set(2_000_000u64..3_000_000, 0..200),
+            changed in proptest::collection::btree_set(0usize..3_000, 0..50),
+        ) {
+            let shared: Vec<u64> = shared.into_iter().collect();
+            let a = set(shared.iter().copied().chain(only_ours.iter().copied()));
+            let mut b = set(shared.iter().copied().chain(only_theirs.iter().copied()));
+            let mut want_theirs: BTreeSet<Key> = only_theirs.iter().map(|n| key(*n)).collect();
+            let mut want_ours: BTreeSet<Key> = only_ours.iter().map(|n| key(*n)).collect();
+            for i in changed.into_iter().filter(|i| *i < shared.len()) {
+                let mut newer = key(shared[i]);
+                newer.tag = [newer.tag[0].wrapping_add(1); 8];
+                b.put(newer);
+                want_theirs.insert(newer);
+                want_ours.insert(key(shared[i]));
+            }
+            let (theirs, ours, _, _) = run(&a, &b);
+            proptest::prop_assert_eq!(theirs, want_theirs);
+            proptest::prop_assert_eq!(ours, want_ours);
+        }
     }
 
     #[test]
