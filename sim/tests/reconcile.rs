@@ -24,6 +24,7 @@ fn a_thousand_nodes_converge_after_partitions_crashes_and_conflicting_edits() {
     assert_eq!(r.items, 9, "{r:?}");
     assert!(r.edits >= 20, "edits at publishers that were up: {r:?}");
     assert!(r.replaced > 0, "edits replaced older versions: {r:?}");
+    assert!(r.conflicts > 0 && r.missing_here > 0, "rounds found conflicts and missing items: {r:?}");
     let partitions: u64 =
         summary.faults_injected.iter().filter(|(k, _)| k.starts_with("partition")).map(|(_, v)| v).sum();
     assert!(partitions > 0, "{:?}", summary.faults_injected);

@@ -86,6 +86,14 @@ pub struct ReconcileStats {
     /// Metadata fetched (`Get`) and offered (`Offer`).
     pub fetched: u64,
     pub offered: u64,
+    /// What rounds found (SPEC R8.1), summed: items missing here, missing at the peer, and
+    /// conflicts (both hold the item in different versions).
+    #[serde(default)]
+    pub missing_here: u64,
+    #[serde(default)]
+    pub missing_there: u64,
+    #[serde(default)]
+    pub conflicts: u64,
     /// Metadata accepted: new items, and newer versions that replaced ours.
     pub new_items: u64,
     pub replaced: u64,
@@ -486,15 +494,18 @@ impl Reconcile {
     /// different versions, their version is fetched first; if ours wins it is offered back then.
     fn absorb(&mut self, conn: ConnId, found: Found) {
         let Some(peer) = self.peers.get_mut(&conn) else { return };
-        let theirs: BTreeSet<[u8; 32]> = found.theirs.iter().map(|k| k.id).collect();
-        for key in found.theirs {
+        let diff = found.split();
+        self.stats.missing_here += diff.missing_here.len() as u64;
+        self.stats.missing_there += diff.missing_there.len() as u64;
+        self.stats.conflicts += diff.conflicts.len() as u64;
+        // Missing here, and the peer's side of a conflict: fetched (unless it came meanwhile).
+        for key in diff.missing_here.into_iter().chain(diff.conflicts.into_iter().map(|(_, theirs)| theirs)) {
             if self.catalogue.set().tag(&ContentId(key.id)) != Some(key.tag) {
                 peer.queue_get(key);
             }
         }
-        for key in found.ours {
-            let still_ours = self.catalogue.set().tag(&ContentId(key.id)) == Some(key.tag);
-            if still_ours && !theirs.contains(&key.id) {
+        for key in diff.missing_there {
+            if self.catalogue.set().tag(&ContentId(key.id)) == Some(key.tag) {
                 peer.queue_offer(ContentId(key.id));
             }
         }

@@ -63,6 +63,40 @@ pub struct Found {
     pub ours: Vec<Key>,
 }
 
+/// A batch of what a round found, as SPEC R8.1 names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Difference {
+    /// Items the peer has and we do not: fetched.
+    pub missing_here: Vec<Key>,
+    /// Items we have and the peer does not: offered.
+    pub missing_there: Vec<Key>,
+    /// Items both have in different versions (ours, theirs): resolved by the conflict rule
+    /// (their version is fetched; if ours wins, it is offered back).
+    pub conflicts: Vec<(Key, Key)>,
+}
+
+impl Found {
+    /// Splits the batch into what is missing on each side and the conflicts (a conflict's
+    /// two keys come in the same batch: the bulk path compares a page with our keys in the
+    /// same id range).
+    pub fn split(self) -> Difference {
+        let theirs: BTreeMap<[u8; 32], Key> = self.theirs.iter().map(|k| (k.id, *k)).collect();
+        let mut out = Difference::default();
+        let mut conflicted = std::collections::BTreeSet::new();
+        for ours in self.ours {
+            match theirs.get(&ours.id) {
+                Some(t) => {
+                    conflicted.insert(ours.id);
+                    out.conflicts.push((ours, *t));
+                }
+                None => out.missing_there.push(ours),
+            }
+        }
+        out.missing_here = self.theirs.into_iter().filter(|k| !conflicted.contains(&k.id)).collect();
+        out
+    }
+}
+
 /// What to do after an answer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Step {
@@ -450,6 +484,22 @@ mod tests {
             proptest::prop_assert_eq!(theirs, want_theirs);
             proptest::prop_assert_eq!(ours, want_ours);
         }
+    }
+
+    #[test]
+    fn a_round_splits_into_missing_here_missing_there_and_conflicts() {
+        let a = set(0..1_000);
+        let mut b = set(5..1_003);
+        let mut changed = key(7);
+        changed.tag = [99; 8];
+        b.put(changed);
+        let r = in_memory(&a, &b).expect("a valid round");
+        let found = Found { theirs: r.theirs.into_iter().collect(), ours: r.ours.into_iter().collect() };
+        let d = found.split();
+        let sorted = |keys: Vec<Key>| keys.into_iter().collect::<BTreeSet<_>>();
+        assert_eq!(sorted(d.missing_here), (1_000..1_003).map(key).collect());
+        assert_eq!(sorted(d.missing_there), (0..5).map(key).collect());
+        assert_eq!(d.conflicts, vec![(key(7), changed)]);
     }
 
     #[test]

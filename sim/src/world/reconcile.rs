@@ -25,6 +25,11 @@ pub struct ReconcileSummary {
     /// Mean bytes of a round in which nothing differed.
     pub idle_bytes_per_round: f64,
     pub bulk_rounds: u64,
+    /// What rounds found (SPEC R8.1), summed: items missing at the asker, missing at the peer,
+    /// and conflicts (the same item in different versions).
+    pub missing_here: u64,
+    pub missing_there: u64,
+    pub conflicts: u64,
     /// Versions replaced by a winning one (conflicts resolved), and metadata refused.
     pub replaced: u64,
     pub refused: u64,
@@ -210,6 +215,9 @@ impl World {
             summary.bytes += s.bytes;
             summary.bulk_rounds += s.bulk_rounds;
             summary.replaced += s.replaced;
+            summary.missing_here += s.missing_here;
+            summary.missing_there += s.missing_there;
+            summary.conflicts += s.conflicts;
             summary.refused +=
                 s.refused_malformed + s.refused_bad_signature + s.refused_not_publisher + s.refused_future;
             idle_rounds += s.idle_rounds;
