@@ -75,7 +75,7 @@ node() { # node NAME PORT [replicate] [bootstrap-json]
   eval "pid_$1=$!"
 }
 entry() { "$bin" --data-dir "$work/$1" init | python3 -c "import json,sys; d=json.load(sys.stdin); print(json.dumps({'node_id':d['node_id'],'public_key':d['public_key'],'address':'127.0.0.1:$2'}))"; }
-ready() { for _ in $(seq 300); do "$bin" --data-dir "$work/$1" status 2>/dev/null | grep -q '"phase": "ready"' && return; sleep 0.1; done; echo "$1 not ready" >&2; exit 1; }
+ready() { for _ in $(seq 300); do "$bin" --data-dir "$work/$1" status --json 2>/dev/null | grep -q '"phase": "ready"' && return; sleep 0.1; done; echo "$1 not ready" >&2; exit 1; }
 complete() { for _ in $(seq 60000); do "$bin" --data-dir "$work/$1" ls --json | grep -q '"state": "complete"' && return; sleep 0.02; done; echo "$1 never completed" >&2; exit 1; }
 hwm() { awk '/VmHWM/ {print int($2/1024)}' /proc/"$1"/status; }
 cpu() { awk '{print ($14 + $15) / 100}' /proc/"$1"/stat; }
@@ -110,7 +110,7 @@ for n in c d e; do node $n $((base + $(printf '%d' "'$n") - 96)) all "$boot"; do
 for n in c d e; do ready $n; complete $n; done
 node f $((base + 9)) none "$boot"; ready f
 for _ in $(seq 100); do
-  peers=$("$bin" --data-dir "$work/f" status | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_count"])')
+  peers=$("$bin" --data-dir "$work/f" status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["peer_count"])')
   [ "$peers" -ge 4 ] && break; sleep 0.1
 done
 secs=$(fetch f "$id")

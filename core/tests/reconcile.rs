@@ -228,3 +228,20 @@ fn an_empty_node_lists_a_large_catalogue_once_at_the_pace_it_fetches() {
     assert_eq!(status.reconcile.items, u64::from(ITEMS));
     assert_eq!(status.reconcile.digest, mynet_core::hex::encode(&theirs.digest()));
 }
+
+/// The catalogue and its index are part of the node's state: a restart from a snapshot has
+/// the same items, digest and cells, without rebuilding them from the metadata.
+#[test]
+fn the_catalogue_and_its_index_survive_a_restart() {
+    let mut node = first_node(Config::default());
+    for n in 0..40u8 {
+        node.handle(at(10 + u64::from(n)), Input::Added { id: ContentId([n + 1; 32]), size: 100 });
+        drain(&mut node);
+    }
+    let before = node.status(at(100)).reconcile;
+    assert_eq!(before.items, 40);
+    let restored = Node::restore(Identity::from_secret_bytes(&[1; 32]), &node.snapshot()).expect("restores");
+    let after = restored.status(at(100)).reconcile;
+    assert_eq!((after.items, &after.digest, after.index_cells), (before.items, &before.digest, before.index_cells));
+    assert_eq!(restored.reconcile().catalogue(), node.reconcile().catalogue(), "metadata and cells alike");
+}
