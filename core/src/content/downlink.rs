@@ -49,7 +49,8 @@ pub struct Downlink {
     window_bytes: u64,
     /// Start of the current window; `None` while nothing is asked for.
     window_start: Option<Mono>,
-    owed: BTreeMap<(ConnId, RequestId), Owed>,
+    /// By connection, then request (nested, so the state stays representable as JSON).
+    owed: BTreeMap<ConnId, BTreeMap<RequestId, Owed>>,
 }
 
 impl Downlink {
@@ -71,9 +72,14 @@ impl Downlink {
         self.window_bytes = self.window_bytes.saturating_add(len);
     }
 
-    /// A piece was asked for: the window runs.
+    /// A piece was asked for: the window runs. A window left open over a quiet spell (the
+    /// housekeeping tick that samples it stops when no transfer runs) starts again, so idle
+    /// time is not taken for a slow link.
     pub fn asking(&mut self, now: Mono) {
-        self.window_start.get_or_insert(now);
+        if self.window_start.is_none_or(|start| now.ms_since(start) >= 2 * WINDOW_MS) {
+            self.window_start = Some(now);
+            self.window_bytes = 0;
+        }
     }
 
     /// Closes the window if it is long enough: one rate sample (a quarter of the smoothed rate).
@@ -93,33 +99,46 @@ impl Downlink {
     /// The piece request `request` on `conn` left its transfer (timed out, cancelled) but its
     /// `len` bytes may still come until `until`.
     pub fn owe(&mut self, conn: ConnId, request: RequestId, until: Mono, len: u64) {
-        if self.owed.len() >= OWED_MAX
-            && let Some(first) = self.owed.iter().min_by_key(|(k, o)| (o.until, **k)).map(|(k, _)| *k)
+        if self.owed() >= OWED_MAX
+            && let Some((c, r)) = self
+                .owed
+                .iter()
+                .flat_map(|(c, on)| on.iter().map(move |(r, o)| (o.until, *c, *r)))
+                .min()
+                .map(|(_, c, r)| (c, r))
         {
-            self.owed.remove(&first);
+            self.settle(c, r);
         }
-        self.owed.insert((conn, request), Owed { until, len });
+        self.owed.entry(conn).or_default().insert(request, Owed { until, len });
     }
 
     /// The answer to `request` on `conn` arrived (or will not): true if it was owed.
     pub fn settle(&mut self, conn: ConnId, request: RequestId) -> bool {
-        self.owed.remove(&(conn, request)).is_some()
+        let Some(on) = self.owed.get_mut(&conn) else { return false };
+        let owed = on.remove(&request).is_some();
+        if on.is_empty() {
+            self.owed.remove(&conn);
+        }
+        owed
     }
 
     /// The connection closed: nothing more comes over it.
     pub fn forget(&mut self, conn: ConnId) {
-        self.owed.retain(|(c, _), _| *c != conn);
+        self.owed.remove(&conn);
     }
 
     /// Forgets what we no longer expect; the bytes still owed.
     pub fn owed_bytes(&mut self, now: Mono) -> u64 {
-        self.owed.retain(|_, o| o.until > now);
-        self.owed.values().map(|o| o.len).sum()
+        self.owed.retain(|_, on| {
+            on.retain(|_, o| o.until > now);
+            !on.is_empty()
+        });
+        self.owed.values().flat_map(|on| on.values()).map(|o| o.len).sum()
     }
 
     /// Requests still owed (for status).
     pub fn owed(&self) -> usize {
-        self.owed.len()
+        self.owed.values().map(BTreeMap::len).sum()
     }
 
     /// Every connection gone (a restart).
@@ -157,6 +176,21 @@ mod tests {
     }
 
     #[test]
+    fn a_quiet_spell_is_not_taken_for_a_slow_link() {
+        let mut d = Downlink::default();
+        d.asking(Mono(0));
+        d.arrived(4 * PIECE_LEN);
+        d.sample(Mono(1_000_000), true);
+        assert_eq!(d.rate(), 4 * PIECE_LEN);
+        // The last tick left the window open; nothing ran for an hour; pieces arrived late.
+        d.arrived(PIECE_LEN);
+        d.asking(Mono(3_600_000_000));
+        d.arrived(4 * PIECE_LEN);
+        d.sample(Mono(3_601_000_000), true);
+        assert_eq!(d.rate(), 4 * PIECE_LEN, "the window started when asking did");
+    }
+
+    #[test]
     fn owed_requests_count_until_they_come_close_or_expire() {
         let mut d = Downlink::default();
         d.owe(ConnId(1), RequestId(1), Mono(10_000_000), PIECE_LEN);
@@ -173,5 +207,7 @@ mod tests {
         }
         assert_eq!(d.owed(), OWED_MAX, "bounded");
         assert!(!d.settle(ConnId(3), RequestId(0)), "the one expected soonest went first");
+        // `replay --state` shows the node's state as JSON.
+        serde_json::to_string(&d).expect("representable as JSON");
     }
 }

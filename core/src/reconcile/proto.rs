@@ -16,6 +16,9 @@ use crate::wire::{Kind, RateLimit, WireError};
 pub const CELLS_PER_MESSAGE: usize = 1_200;
 /// Cell counts in a `Differs` answer (the difference estimate): 2 bytes each.
 pub const ESTIMATE_CELLS: usize = 256;
+/// The most items a peer may say its catalogue holds (2^40: far past any real network, and
+/// small enough that no arithmetic on it overflows).
+pub const SET_COUNT_MAX: u64 = 1 << 40;
 /// Keys in one bulk page (40 bytes each: 56,000 bytes).
 pub const KEYS_PER_PAGE: usize = 1_400;
 /// Items named in one `Get` or carried by one `Offer`.
@@ -161,6 +164,9 @@ impl Response {
         match self {
             Response::Differs { counts, .. } if counts.len() > ESTIMATE_CELLS => {
                 fail(format!("{} counts; at most {ESTIMATE_CELLS}", counts.len()))
+            }
+            Response::Differs { count, .. } if *count > SET_COUNT_MAX => {
+                fail(format!("a set of {count} items; at most {SET_COUNT_MAX}"))
             }
             Response::Cells { cells } if cells.len() > CELLS_PER_MESSAGE => {
                 fail(format!("{} cells; at most {CELLS_PER_MESSAGE}", cells.len()))

@@ -181,7 +181,7 @@ impl Session {
         self.their_count = count;
         let ours = set.sketch().cells();
         let mut diff0 = cell.minus(&ours[0]);
-        diff0.count = count as i64 - set.len() as i64;
+        diff0.count = i64::try_from(count).unwrap_or(i64::MAX).saturating_sub(set.len() as i64);
         let mut decoder = Decoder::default();
         decoder.extend([diff0]);
         if decoder.peel() {
@@ -196,7 +196,7 @@ impl Session {
         let limit = (ours.len() as u32).min(len);
         let want = plan(estimate);
         // Listing the peer's keys is cheaper, or the difference is past what both keep.
-        if want > limit || u64::from(want) * CELL_BYTES > count * KEY_BYTES {
+        if want > limit || u64::from(want) * CELL_BYTES > count.saturating_mul(KEY_BYTES) {
             return Ok(self.go_bulk());
         }
         self.stage = Stage::Cells { decoder, have: 1, asked: want, limit, chunks: BTreeMap::new() };
@@ -246,15 +246,15 @@ impl Session {
         let Stage::Keys { listed } = &mut self.stage else {
             return Err(Bad("keys outside the bulk path"));
         };
-        // Pages are full but the last, and the listing is about as long as the set the peer
-        // said it has (it may grow a little while we list): a peer cannot page forever.
+        // Pages are full but the last: a peer cannot stretch a listing with short pages.
         if more && keys.len() < KEYS_PER_PAGE {
             return Err(Bad("a short page that says there is more"));
         }
         *listed += keys.len() as u64;
-        if *listed > listing_max(self.their_count) {
-            return Err(Bad("a listing longer than the set the peer said it has"));
-        }
+        // Past what the peer's count allows (its set grew more than that while we listed, or
+        // it lies): the round ends with what it found, and the next one, with a new count,
+        // goes on from there. Honest peers are not blamed, and no round lists without end.
+        let stop = *listed >= listing_max(self.their_count);
         let mut prev = after.map(|a| a.0);
         for k in keys {
             if prev.is_some_and(|p| k.id <= p) {
@@ -279,7 +279,7 @@ impl Session {
                 found.ours.push(k);
             }
         }
-        if !more {
+        if !more || stop {
             return Ok(self.finish(found));
         }
         Ok(Step { send: vec![Request::Keys { after: upto }], found, done: false })
@@ -420,11 +420,14 @@ mod tests {
             session.on_answer(&mine, &asked, Response::Keys { keys: page, more: true }),
             Err(Bad("a short page that says there is more"))
         );
-        // Full pages past the count the peer gave.
-        let (mut session, mine, mut asked) = bulk_against(3_000);
+        // Full pages past the count the peer gave: the round ends there, with what it found so
+        // far (our keys past the last page listed are not taken for missing there).
+        let (mut session, mut mine, mut asked) = bulk_against(3_000);
+        let beyond = Key { id: [0xff; 32], tag: [2; 8] };
+        mine.put(beyond);
         let mut next = 0u64;
         let mut pages = 0;
-        let bad = loop {
+        let last = loop {
             let keys: Vec<Key> = (0..KEYS_PER_PAGE as u64)
                 .map(|k| {
                     let mut id = [0; 32];
@@ -434,13 +437,16 @@ mod tests {
                 .collect();
             next += KEYS_PER_PAGE as u64;
             pages += 1;
-            match session.on_answer(&mine, &asked, Response::Keys { keys, more: true }) {
-                Ok(step) => asked = step.send.into_iter().next().expect("next page"),
-                Err(bad) => break bad,
+            let step = session.on_answer(&mine, &asked, Response::Keys { keys, more: true }).expect("not blamed");
+            if step.done {
+                break step;
             }
+            asked = step.send.into_iter().next().expect("next page");
         };
-        assert_eq!(bad, Bad("a listing longer than the set the peer said it has"));
+        assert!(session.done());
         assert_eq!(pages, listing_max(3_000).div_ceil(KEYS_PER_PAGE as u64));
+        assert_eq!(last.found.theirs.len(), KEYS_PER_PAGE);
+        assert!(last.found.ours.is_empty(), "{:?}", last.found.ours);
         // An honest listing of a set that grew a little while we listed is fine.
         let (mut session, mine, asked) = bulk_against(3_000);
         let grown = set(0..3_300);
