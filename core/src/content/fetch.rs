@@ -532,8 +532,7 @@ impl Content {
         // What all transfers may still ask of our link (see `downlink`); a transfer with
         // nothing in flight may always ask for one piece, so none starves.
         let budget = self.down.budget();
-        let transfers: u64 = self.active.values().map(Transfer::bytes_in_flight).sum();
-        let mut asked_bytes = transfers + self.down.owed_bytes(now);
+        let mut asked_bytes = self.in_flight_bytes(now);
         let Some(t) = self.active.get_mut(&id) else { return };
         let mut own = t.bytes_in_flight();
         'sources: for &(_, conn) in &ranked {
