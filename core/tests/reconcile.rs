@@ -136,14 +136,10 @@ fn equal_catalogues_answer_equal_and_a_difference_differs() {
 
 /// The reconciliation requests among `outputs` sent on `conn`.
 fn reconcile_requests(outputs: &[Output], conn: ConnId) -> Vec<(RequestId, Request)> {
-    outputs
-        .iter()
-        .filter_map(|o| match o {
-            Output::Send { conn: c, bytes } if *c == conn => wire::decode_body(&bytes[wire::FRAME_HEADER_LEN..]).ok(),
-            _ => None,
-        })
-        .filter_map(|m| match m {
-            Message::Request { id, body: wire::Request::Reconcile(r) } => Some((id, r)),
+    requests_on(outputs, conn)
+        .into_iter()
+        .filter_map(|(id, body)| match body {
+            wire::Request::Reconcile(r) => Some((id, r)),
             _ => None,
         })
         .collect()

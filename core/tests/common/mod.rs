@@ -71,6 +71,11 @@ pub fn peers_answer(id: RequestId, records: Vec<wire::PeerRecord>) -> Vec<u8> {
 
 /// The requests the node sent on `conn`, with their ids and kinds.
 pub fn requests_sent(outputs: &[Output], conn: ConnId) -> Vec<(RequestId, Kind)> {
+    requests_on(outputs, conn).into_iter().map(|(id, body)| (id, body.kind())).collect()
+}
+
+/// The requests the node sent on `conn`, with their ids and bodies.
+pub fn requests_on(outputs: &[Output], conn: ConnId) -> Vec<(RequestId, Request)> {
     outputs
         .iter()
         .filter_map(|o| match o {
@@ -78,7 +83,7 @@ pub fn requests_sent(outputs: &[Output], conn: ConnId) -> Vec<(RequestId, Kind)>
             _ => None,
         })
         .filter_map(|m| match m {
-            Message::Request { id, body } => Some((id, body.kind())),
+            Message::Request { id, body } => Some((id, body)),
             _ => None,
         })
         .collect()
